@@ -1,0 +1,1 @@
+"""Pure logic of kmemgdb: importable and testable without gdb."""

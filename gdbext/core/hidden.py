@@ -1,0 +1,72 @@
+"""The one owner of every guest page kmemgdb has hidden (PTE present bit cleared).
+
+Whoever hides a page registers it here, and disable, detach, error and Ctrl-C paths call
+show_all(), so the guest never keeps a page the tool made unreachable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from . import paging
+from .memory import PhysicalMemory, read_u64
+
+
+@dataclass
+class HiddenPage:
+    vaddr: int          # page-aligned virtual address
+    pte_paddr: int      # where the PTE lives in guest physical memory
+    hidden_value: int   # the PTE as kmemgdb wrote it (present bit clear)
+
+
+class HiddenPages:
+    """Hide and show 4 KiB guest pages; FLUSH drops stale TLB entries after a hide."""
+
+    def __init__(self, mem: PhysicalMemory, flush: Callable[[], None]):
+        self.mem = mem
+        self.flush = flush
+        self.pages: dict[int, HiddenPage] = {}
+
+    def __len__(self) -> int:
+        return len(self.pages)
+
+    def __contains__(self, vaddr: int) -> bool:
+        return (vaddr & ~(paging.PAGE_SIZE - 1)) in self.pages
+
+    def hide(self, cr3: int, vaddr: int, flush: bool = True) -> paging.Entry:
+        """Clear the present bit of the PTE mapping VADDR (LargePage/NotMapped if impossible)."""
+        page = vaddr & ~(paging.PAGE_SIZE - 1)
+        pte = paging.find_pte(self.mem, cr3, page)
+        if page in self.pages:
+            return pte
+        if not pte.present:
+            raise paging.NotMapped(vaddr, pte)
+        written = paging.set_present(self.mem, pte, False)
+        self.pages[page] = HiddenPage(page, pte.paddr, written.value)
+        if flush:
+            self.flush()
+        return written
+
+    def show(self, vaddr: int) -> bool:
+        """Make the page of VADDR present again; False if kmemgdb had not hidden it."""
+        page = self.pages.pop(vaddr & ~(paging.PAGE_SIZE - 1), None)
+        if page is None:
+            return False
+        self._restore(page)
+        return True
+
+    def show_all(self) -> int:
+        """Show every hidden page (no TLB flush needed: setting P never leaves stale entries)."""
+        count = 0
+        while self.pages:
+            _, page = self.pages.popitem()
+            self._restore(page)
+            count += 1
+        return count
+
+    def _restore(self, page: HiddenPage) -> None:
+        current = read_u64(self.mem, page.pte_paddr)
+        # The guest may have remapped the page meanwhile (debug_pagealloc unmaps freed pages):
+        # then the PTE is no longer ours and setting P would map a page the kernel unmapped.
+        if current == page.hidden_value:
+            paging.set_present(self.mem, paging.Entry(1, page.pte_paddr, current), True)

@@ -1,0 +1,147 @@
+"""What kmemgdb knows of a guest kernel, from plain values: symbol addresses and struct offsets.
+
+The gdb glue fills a KernelLayout from vmlinux (pyelftools) and DWARF types (gdb); tests fill one
+by hand. Functions here read guest memory through a VirtualMemory and never import gdb.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .vmem import VirtualMemory
+
+# x86-64 4-level layout without KASLR (arch/x86/include/asm/page_64_types.h, pgtable_64_types.h,
+# 6.1). Kernels with CONFIG_DYNAMIC_MEMORY_LAYOUT keep the bases in variables of these names.
+DEFAULT_BASES = {
+    "page_offset_base": 0xFFFF_8880_0000_0000,
+    "vmalloc_base": 0xFFFF_C900_0000_0000,
+    "vmemmap_base": 0xFFFF_EA00_0000_0000,
+}
+START_KERNEL_MAP = 0xFFFF_FFFF_8000_0000
+LIST_LIMIT = 1 << 20
+
+
+class KernelModelError(Exception):
+    """The guest's data structures are not what kmemgdb expects (or are corrupted)."""
+
+
+class CorruptList(KernelModelError):
+    def __init__(self, head: int, what: str):
+        super().__init__(f"list at {head:#x} is corrupted: {what}")
+
+
+@dataclass
+class KernelLayout:
+    """Symbol addresses and member offsets ('struct.member.sub' -> bytes) of one kernel."""
+    symbols: dict[str, int]
+    offsets: dict[str, int]
+    sizes: dict[str, int] = field(default_factory=dict)
+    lookup_offset: Callable[[str], int] | None = None  # fills OFFSETS on demand (gdb types)
+    lookup_symbol: Callable[[str], int | None] | None = None
+
+    def sym(self, name: str) -> int:
+        if name not in self.symbols and self.lookup_symbol:
+            addr = self.lookup_symbol(name)
+            if addr is not None:
+                self.symbols[name] = addr
+        if name not in self.symbols:
+            raise KernelModelError(f"the guest kernel has no symbol {name}")
+        return self.symbols[name]
+
+    def has_sym(self, name: str) -> bool:
+        try:
+            self.sym(name)
+        except KernelModelError:
+            return False
+        return True
+
+    def off(self, path: str) -> int:
+        if path not in self.offsets and self.lookup_offset:
+            self.offsets[path] = self.lookup_offset(path)
+        if path not in self.offsets:
+            raise KernelModelError(f"the guest kernel has no member {path}")
+        return self.offsets[path]
+
+
+def list_for_each(mem: VirtualMemory, head: int, limit: int = LIST_LIMIT) -> Iterator[int]:
+    """Addresses of the list_head nodes after HEAD (struct list_head *), detecting corruption."""
+    seen: set[int] = set()
+    node = mem.u64(head)
+    while node != head:
+        if node in seen:
+            raise CorruptList(head, f"cycle at {node:#x} that does not return to the head")
+        if len(seen) >= limit or node == 0:
+            raise CorruptList(head, f"bad next pointer {node:#x}")
+        seen.add(node)
+        yield node
+        node = mem.u64(node)
+
+
+def container_entries(mem: VirtualMemory, layout: KernelLayout, head_sym: str,
+                      link: str) -> Iterator[int]:
+    """Addresses of the structs linked through member LINK ('struct.member') on list HEAD_SYM."""
+    offset = layout.off(link)
+    for node in list_for_each(mem, layout.sym(head_sym)):
+        yield node - offset
+
+
+@dataclass
+class ModuleInfo:
+    name: str
+    address: int        # struct module *
+    base: int           # core_layout.base: text, rodata and data in one area (6.1)
+    size: int
+
+
+@dataclass
+class KernelInfo:
+    release: str
+    cmdline: str
+    totalram_bytes: int
+    physical_ram_bytes: int
+    bases: dict[str, tuple[int, str]]   # name -> (value, where it came from)
+    slab_caches: int
+    modules: list[ModuleInfo]
+
+
+def read_release(mem: VirtualMemory, layout: KernelLayout) -> str:
+    """init_uts_ns.name.release (struct uts_namespace, utsname 'release' char[65])."""
+    return mem.cstr(layout.sym("init_uts_ns") + layout.off("uts_namespace.name.release"), 65)
+
+
+def read_bases(mem: VirtualMemory, layout: KernelLayout) -> dict[str, tuple[int, str]]:
+    out = {}
+    for name, default in DEFAULT_BASES.items():
+        if layout.has_sym(name):
+            out[name] = (mem.u64(layout.sym(name)), "variable")
+        else:
+            out[name] = (default, "fixed 4-level layout")
+    return out
+
+
+def list_modules(mem: VirtualMemory, layout: KernelLayout) -> list[ModuleInfo]:
+    """Loaded modules, newest first (struct module on the static list 'modules')."""
+    mods = []
+    for mod in container_entries(mem, layout, "modules", "module.list"):
+        name = mem.cstr(mod + layout.off("module.name"), 56)
+        base = mem.u64(mod + layout.off("module.core_layout.base"))
+        size = mem.u32(mod + layout.off("module.core_layout.size"))
+        mods.append(ModuleInfo(name, mod, base, size))
+    return mods
+
+
+def count_slab_caches(mem: VirtualMemory, layout: KernelLayout) -> int:
+    return sum(1 for _ in container_entries(mem, layout, "slab_caches", "kmem_cache.list"))
+
+
+def kernel_info(mem: VirtualMemory, layout: KernelLayout) -> KernelInfo:
+    """Everything `kmem info` shows, read from guest memory."""
+    return KernelInfo(
+        release=read_release(mem, layout),
+        cmdline=mem.cstr(mem.u64(layout.sym("saved_command_line")), 4096),
+        totalram_bytes=mem.u64(layout.sym("_totalram_pages")) * 4096,
+        physical_ram_bytes=mem.u64(layout.sym("max_pfn")) * 4096,
+        bases=read_bases(mem, layout),
+        slab_caches=count_slab_caches(mem, layout),
+        modules=list_modules(mem, layout),
+    )

@@ -1,0 +1,69 @@
+"""Guest kernel virtual memory on top of physical memory and the guest's page tables."""
+from __future__ import annotations
+
+import struct
+
+from . import paging
+from .memory import PhysicalMemory
+
+PAGE_MASK = ~(paging.PAGE_SIZE - 1)
+
+
+class VirtualMemory:
+    """Reads kernel virtual addresses through a page-table walk from CR3, caching translations.
+
+    Call invalidate() whenever the guest has run: its page tables may have changed.
+    """
+
+    def __init__(self, phys: PhysicalMemory, cr3: int):
+        self.phys = phys
+        self.cr3 = cr3
+        self._pages: dict[int, int] = {}
+
+    def invalidate(self, cr3: int | None = None) -> None:
+        if cr3 is not None:
+            self.cr3 = cr3
+        self._pages.clear()
+
+    def to_phys(self, vaddr: int) -> int:
+        page = vaddr & PAGE_MASK
+        base = self._pages.get(page)
+        if base is None:
+            base = paging.translate(self.phys, self.cr3, page).paddr
+            self._pages[page] = base
+        return base + (vaddr - page)
+
+    def read(self, vaddr: int, size: int) -> bytes:
+        out = bytearray()
+        while size > 0:
+            n = min(size, paging.PAGE_SIZE - (vaddr & (paging.PAGE_SIZE - 1)))
+            out += self.phys.read(self.to_phys(vaddr), n)
+            vaddr += n
+            size -= n
+        return bytes(out)
+
+    def write(self, vaddr: int, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            n = min(len(data) - pos, paging.PAGE_SIZE - ((vaddr + pos) & (paging.PAGE_SIZE - 1)))
+            self.phys.write(self.to_phys(vaddr + pos), data[pos:pos + n])
+            pos += n
+
+    def u64(self, vaddr: int) -> int:
+        return struct.unpack("<Q", self.read(vaddr, 8))[0]
+
+    def u32(self, vaddr: int) -> int:
+        return struct.unpack("<I", self.read(vaddr, 4))[0]
+
+    def cstr(self, vaddr: int, limit: int = 256) -> str:
+        """A NUL-terminated string of at most LIMIT bytes, stopping at page ends safely."""
+        out = bytearray()
+        while len(out) < limit:
+            chunk = self.read(vaddr + len(out), min(limit - len(out),
+                                                   paging.PAGE_SIZE - ((vaddr + len(out)) & 0xFFF)))
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                out += chunk[:nul]
+                break
+            out += chunk
+        return out.decode("utf-8", errors="replace")

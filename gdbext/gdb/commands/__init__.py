@@ -1,0 +1,1 @@
+"""gdb commands of kmemgdb: one module per command family."""

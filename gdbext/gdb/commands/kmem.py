@@ -1,0 +1,223 @@
+"""`kmem`: what the extension sees of the guest, and the page-hiding primitive kmemcheck uses."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import gdb
+
+from ...core import kernel, paging, render
+from .. import settings, target
+from ..modules import MODULES
+from ..session import SESSION
+from ..symbolize import frame_for
+from ...core.report import render_frames
+from .base import KmemCommand, address, parser
+
+
+def painter() -> render.Painter:
+    return render.Painter(settings.color_enabled())
+
+
+class Kmem(KmemCommand):
+    """Kernel memory tools of kmemgdb: `kmem info`, `kmem vtop ADDR`, `kmem pte hide|show ADDR`.
+
+Run `help kmem SUBCOMMAND` for each."""
+    NEEDS_STOPPED_GUEST = False
+
+    def __init__(self):
+        super().__init__("kmem", prefix=True)
+
+    def run(self, args) -> None:
+        if args:
+            raise gdb.GdbError(f"kmem: unknown subcommand {args[0]!r} (see `help kmem`)")
+        gdb.execute("help kmem")
+
+
+class KmemInfo(KmemCommand):
+    """Show the guest kernel as kmemgdb sees it.
+
+Usage: kmem info [--json]
+Kernel release, command line, RAM, the direct-map/vmalloc/vmemmap bases, slab caches, loaded
+modules and whether guest RAM is read through the host mapping (fast) or the gdbstub (slow)."""
+    PARSER = parser("kmem info", "Show the guest kernel as kmemgdb sees it.")
+    PARSER.add_argument("--json", action="store_true", help="one JSON object on one line")
+
+    def __init__(self):
+        super().__init__("kmem info")
+
+    def run(self, args) -> None:
+        info = kernel.kernel_info(SESSION.vmem(), SESSION.layout())
+        if args.json:
+            doc = dataclasses.asdict(info)
+            doc["ram_file"] = SESSION.phys().path if SESSION.ram_file_active() else None
+            gdb.write(json.dumps(doc) + "\n")
+            return
+        phys = SESSION.phys()
+        mapping = (f"active ({phys.path}, {render.size_text(phys.size)})" if SESSION.ram_file_active()
+                   else "inactive: memory goes through gdbstub packets (set kmemgdb ram-file PATH)")
+        gdb.write(render.render_info(info, mapping, painter()) + "\n")
+
+
+class KmemVtop(KmemCommand):
+    """Translate a guest virtual address by walking the guest page tables on the host.
+
+Usage: kmem vtop ADDR
+ADDR is a number or an expression (`&init_uts_ns`). Prints the physical address, the page size,
+the leaf entry's flags and value, and where that entry lives in guest physical memory."""
+    PARSER = parser("kmem vtop", "Translate a guest virtual address.")
+    PARSER.add_argument("addr", type=address)
+
+    def __init__(self):
+        super().__init__("kmem vtop")
+
+    def run(self, args) -> None:
+        phys = SESSION.phys()
+        cr3 = target.register("cr3")
+        if target.register("cr4") & paging.CR4_LA57:
+            raise gdb.GdbError("kmem vtop: the guest uses 5-level paging, which kmemgdb does not model")
+        try:
+            t = paging.translate(phys, cr3, args.addr)
+        except paging.NotMapped as exc:
+            hidden = SESSION.hidden_pages()
+            if exc.entry.level != 1 or args.addr not in hidden:
+                raise
+            t = paging.Translation(args.addr, exc.entry.frame + (args.addr & 0xFFF), 4096, exc.entry)
+            gdb.write("(page hidden by kmemgdb: present bit cleared)\n")
+        gdb.write(render.render_translation(t, painter()) + "\n")
+
+
+class KmemPte(KmemCommand):
+    """Hide or show single 4 KiB guest pages (the primitive kmemcheck is built on).
+
+kmem pte hide ADDR     clear the present bit of the PTE mapping ADDR and flush QEMU's TLB
+kmem pte show ADDR     set it again
+kmem pte show-all      show every page kmemgdb hid
+kmem pte list          list the pages kmemgdb hid
+kmem pte ADDR          print the PTE mapping ADDR
+Pages mapped by 2 MiB or 1 GiB entries are refused: boot the guest with debug_pagealloc=on."""
+    PARSER = parser("kmem pte", "Print the PTE mapping ADDR.")
+    PARSER.add_argument("addr", type=address)
+
+    def __init__(self):
+        super().__init__("kmem pte", prefix=True)
+
+    def run(self, args) -> None:
+        entry = paging.find_pte(SESSION.phys(), target.register("cr3"), args.addr)
+        gdb.write(render.render_entry(args.addr, entry, args.addr in SESSION.hidden_pages(),
+                                      painter()) + "\n")
+
+
+class KmemPteHide(KmemCommand):
+    """Hide the 4 KiB guest page holding ADDR: every guest access to it then faults.
+
+Usage: kmem pte hide ADDR
+The page stays hidden until `kmem pte show`, `kmem pte show-all`, detach or quit."""
+    PARSER = parser("kmem pte hide", "Hide the page holding ADDR.")
+    PARSER.add_argument("addr", type=address)
+
+    def __init__(self):
+        super().__init__("kmem pte hide")
+
+    def run(self, args) -> None:
+        hidden = SESSION.hidden_pages()
+        entry = hidden.hide(target.register("cr3"), args.addr)
+        gdb.write(render.render_entry(args.addr, entry, True, painter()) + "\n")
+
+
+class KmemPteShow(KmemCommand):
+    """Show again the guest page holding ADDR that `kmem pte hide` hid.
+
+Usage: kmem pte show ADDR"""
+    PARSER = parser("kmem pte show", "Show the page holding ADDR again.")
+    PARSER.add_argument("addr", type=address)
+
+    def __init__(self):
+        super().__init__("kmem pte show")
+
+    def run(self, args) -> None:
+        if not SESSION.hidden_pages().show(args.addr):
+            raise gdb.GdbError(f"kmem pte show: page {args.addr & ~0xFFF:#x} was not hidden by kmemgdb")
+        entry = paging.find_pte(SESSION.phys(), target.register("cr3"), args.addr)
+        gdb.write(render.render_entry(args.addr, entry, False, painter()) + "\n")
+
+
+class KmemPteShowAll(KmemCommand):
+    """Show every guest page kmemgdb hid. Never fails (it runs from detach and quit hooks).
+
+Usage: kmem pte show-all [--quiet]"""
+    PARSER = parser("kmem pte show-all", "Show every hidden page again.")
+    PARSER.add_argument("--quiet", action="store_true")
+    NEEDS_STOPPED_GUEST = False
+
+    def __init__(self):
+        super().__init__("kmem pte show-all")
+
+    def run(self, args) -> None:
+        try:
+            count = SESSION.show_all_pages()
+        except Exception as exc:  # a hook must not abort detach/quit
+            gdb.write(f"kmemgdb: could not show hidden pages: {exc}\n")
+            return
+        if not args.quiet or count:
+            gdb.write(f"kmemgdb: {count} hidden page(s) shown again\n")
+
+
+class KmemPteList(KmemCommand):
+    """List the guest pages kmemgdb has hidden.
+
+Usage: kmem pte list"""
+    PARSER = parser("kmem pte list", "List hidden pages.")
+    NEEDS_STOPPED_GUEST = False
+
+    def __init__(self):
+        super().__init__("kmem pte list")
+
+    def run(self, args) -> None:
+        pages = SESSION.hidden.pages if SESSION.hidden else {}
+        gdb.write(f"{len(pages)} hidden page(s)\n")
+        for page in sorted(pages.values(), key=lambda p: p.vaddr):
+            gdb.write(f"  {page.vaddr:#x}  PTE at physical {page.pte_paddr:#x}\n")
+
+
+class KmemSymbols(KmemCommand):
+    """Load gdb symbols for every module loaded in the guest (from `kmemgdb module-path`).
+
+Usage: kmem symbols
+Symbols of modules loaded later arrive by themselves; this is for modules loaded before attach."""
+    PARSER = parser("kmem symbols", "Load symbols of loaded guest modules.")
+
+    def __init__(self):
+        super().__init__("kmem symbols")
+
+    def run(self, args) -> None:
+        count = MODULES.load_all()
+        gdb.write(f"kmemgdb: {count} module(s) loaded in the guest, "
+                  f"symbols for {len(MODULES.loaded)}\n")
+
+
+class KmemSymbolize(KmemCommand):
+    """Name guest code addresses the kernel's way, with source file and line.
+
+Usage: kmem symbolize [--json] [--exact] PC...
+Addresses are taken as return addresses (the line shown is the call's) unless --exact."""
+    PARSER = parser("kmem symbolize", "Name guest code addresses.")
+    PARSER.add_argument("--json", action="store_true", help="one JSON list on one line")
+    PARSER.add_argument("--exact", action="store_true", help="PCs are not return addresses")
+    PARSER.add_argument("pcs", type=address, nargs="+")
+
+    def __init__(self):
+        super().__init__("kmem symbolize")
+
+    def run(self, args) -> None:
+        frames = [frame_for(pc, not args.exact) for pc in args.pcs]
+        if args.json:
+            gdb.write(json.dumps([f.to_json() for f in frames]) + "\n")
+        else:
+            gdb.write(render_frames(frames, "") + "\n")
+
+
+def register() -> None:
+    for cls in (Kmem, KmemInfo, KmemSymbols, KmemSymbolize, KmemVtop, KmemPte, KmemPteHide, KmemPteShow, KmemPteShowAll,
+                KmemPteList):
+        cls()

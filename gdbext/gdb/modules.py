@@ -1,0 +1,111 @@
+"""Load a guest module's symbols into gdb when the guest loads it, and drop them on unload
+(what the kernel's lx-symbols does), so backtraces and breakpoints name module functions.
+
+Two silent internal breakpoints (do_init_module, free_module) stop only on module load and
+unload, which are rare; their stop() returns False so the guest keeps running.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import gdb
+
+from ..core.kernel import list_modules
+from ..core.symbols import SymbolTable
+from . import settings
+from .session import SESSION
+
+
+def module_file_names(name: str) -> list[str]:
+    """The kernel turns '-' into '_' in module names; the .ko may use either."""
+    return [f"{name}.ko", f"{name.replace('_', '-')}.ko"]
+
+
+def find_ko(name: str, dirs: list[str]) -> Path | None:
+    wanted = set(module_file_names(name))
+    for d in dirs:
+        for root, _dirs, files in os.walk(d):
+            for f in files:
+                if f in wanted:
+                    return Path(root) / f
+    return None
+
+
+class ModuleSymbols:
+    def __init__(self):
+        self.loaded: dict[str, Path] = {}   # module name -> .ko given to gdb
+        self.warned: set[str] = set()
+        self.breakpoints: list[gdb.Breakpoint] = []
+
+    def install(self) -> None:
+        if self.breakpoints:
+            return
+        self.breakpoints = [_Hook("do_init_module", self.on_load), _Hook("free_module", self.on_free)]
+
+    def on_load(self) -> None:
+        self.load(gdb.parse_and_eval("mod").dereference())
+
+    def on_free(self) -> None:
+        self.unload(gdb.parse_and_eval("mod").dereference()["name"].string())
+
+    def load(self, mod: gdb.Value) -> None:
+        name = mod["name"].string()
+        ko = find_ko(name, settings.module_path())
+        if ko is None:
+            if name not in self.warned:
+                self.warned.add(name)
+                gdb.write(f"kmemgdb: no {name}.ko under `show kmemgdb module-path`; "
+                          "its functions will have no names\n")
+            return
+        bases = section_addresses(mod)
+        self.unload(name)
+        text = f"{bases['.text']:#x} " if bases.get(".text") else ""  # init/exit-only modules
+        rest = " ".join(f"-s {sec} {addr:#x}" for sec, addr in sorted(bases.items())
+                        if sec != ".text" and addr and not sec.startswith(".note"))
+        gdb.execute(f"add-symbol-file {ko} {text}{rest}", to_string=True)
+        self.loaded[name] = ko
+        ranges = [(int(mod[lay]["base"]), int(mod[lay]["base"]) + int(mod[lay]["size"]))
+                  for lay in ("core_layout", "init_layout")]
+        SESSION.symbolizer().add_module(name, ranges, SymbolTable.from_elf(ko, bases, name))
+
+    def unload(self, name: str) -> None:
+        ko = self.loaded.pop(name, None)
+        if ko is not None:
+            gdb.execute(f"remove-symbol-file {ko}", to_string=True)
+            SESSION.symbolizer().remove_module(name)
+
+    def load_all(self) -> int:
+        """(Re)load symbols of every module loaded in the guest now."""
+        mtype = gdb.lookup_type("struct module").pointer()
+        mods = list_modules(SESSION.vmem(), SESSION.layout())
+        for info in mods:
+            self.load(gdb.Value(info.address).cast(mtype).dereference())
+        return len(mods)
+
+
+def section_addresses(mod: gdb.Value) -> dict[str, int]:
+    """Section name -> load address, from mod->sect_attrs (CONFIG_KALLSYMS + SYSFS)."""
+    attrs = mod["sect_attrs"]
+    out = {}
+    for i in range(int(attrs["nsections"])):
+        attr = attrs["attrs"][i]
+        out[attr["battr"]["attr"]["name"].string()] = int(attr["address"])
+    return out
+
+
+class _Hook(gdb.Breakpoint):
+    def __init__(self, spec: str, action):
+        super().__init__(spec, internal=True)
+        self.silent = True
+        self.action = action
+
+    def stop(self) -> bool:
+        try:
+            self.action()
+        except (gdb.error, OSError, ValueError) as exc:
+            gdb.write(f"kmemgdb: module symbols: {exc}\n")
+        return False
+
+
+MODULES = ModuleSymbols()

@@ -1,0 +1,64 @@
+"""The remote target as kmemgdb needs it: state, registers, TLB flush, memory through the stub."""
+from __future__ import annotations
+
+import gdb
+
+from ..core.paging import PWT
+
+MASK64 = (1 << 64) - 1
+
+
+class TargetError(gdb.GdbError):
+    pass
+
+
+def connected() -> bool:
+    inferior = gdb.selected_inferior()
+    return getattr(inferior, "connection", None) is not None and inferior.pid != 0
+
+
+def stopped() -> bool:
+    thread = gdb.selected_thread()
+    return thread is not None and thread.is_stopped()
+
+
+def register(name: str) -> int:
+    """Value of register NAME of the current vCPU (cr3, rip, ...), as an unsigned int."""
+    return int(gdb.newest_frame().read_register(name)) & MASK64
+
+
+def set_register(name: str, value: int) -> None:
+    # GDB 13 has no Frame.write_register; the cast keeps control registers from being rejected.
+    gdb.execute(f"set ${name} = (long){value & MASK64:#x}", to_string=True)
+
+
+def flush_tlb() -> None:
+    """Make QEMU drop its software TLB for this vCPU.
+
+    QEMU flushes on every cr3 write, but gdb skips a write of the cached value, so write cr3
+    with PWT toggled and then the original value: two real writes, two flushes.
+    """
+    cr3 = register("cr3")
+    set_register("cr3", cr3 ^ PWT)
+    set_register("cr3", cr3)
+
+
+class StubPhysicalMemory:
+    """Guest physical memory through QEMU's gdbstub physical mode (slow: packets per read)."""
+
+    def _with_phys_mode(self, fn):
+        gdb.execute("maint packet Qqemu.PhyMemMode:1", to_string=True)
+        try:
+            return fn(gdb.selected_inferior())
+        finally:
+            gdb.execute("maint packet Qqemu.PhyMemMode:0", to_string=True)
+
+    def read(self, paddr: int, size: int) -> bytes:
+        try:
+            return self._with_phys_mode(lambda inf: bytes(inf.read_memory(paddr, size)))
+        except gdb.MemoryError as exc:
+            from ..core.memory import PhysicalAddressError
+            raise PhysicalAddressError(paddr, size) from exc
+
+    def write(self, paddr: int, data: bytes) -> None:
+        self._with_phys_mode(lambda inf: inf.write_memory(paddr, data))

@@ -1,0 +1,1 @@
+"""Guest launcher: QEMU argv building (pure) and process lifecycle with a captured console."""

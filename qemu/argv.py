@@ -1,0 +1,61 @@
+"""Build QEMU's command line for a kmemgdb guest (pure: no processes started here)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BASE_CMDLINE = ["console=ttyS0", "nokaslr", "panic=-1"]
+
+
+@dataclass
+class GuestSpec:
+    """What to boot and how. memory_mib and smp default to the issue's 256 MiB and one vCPU."""
+    kernel: Path
+    initrd: Path
+    memory_mib: int = 256
+    smp: int = 1
+    append: list[str] = field(default_factory=list)
+    accel: str = "auto"          # auto | tcg | kvm
+    machine: str = "pc"
+    qemu: str = "qemu-system-x86_64"
+
+    def cmdline(self) -> str:
+        return " ".join(BASE_CMDLINE + self.append)
+
+
+def kvm_usable(cpuinfo: str | None = None) -> bool:
+    """KVM only where /dev/kvm opens and the CPU really has vmx/svm (these machines do not)."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+        os.close(fd)
+    except OSError:
+        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split()}
+    return bool(flags & {"vmx", "svm"})
+
+
+def qemu_argv(spec: GuestSpec, gdb_port: int, ram_path: str, paused: bool, kvm: bool) -> list[str]:
+    """argv for QEMU: gdbstub on 127.0.0.1:GDB_PORT, RAM shared through RAM_PATH, serial on stdio."""
+    mem = f"{spec.memory_mib}M"
+    argv = [
+        spec.qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-machine", f"{spec.machine},memory-backend=ram0",
+        "-object", f"memory-backend-file,id=ram0,size={mem},mem-path={ram_path},share=on",
+        "-m", mem, "-smp", str(spec.smp),
+        "-accel", "kvm" if kvm else "tcg",
+        "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline(),
+        "-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
+        "-monitor", "none",
+        "-gdb", f"tcp:127.0.0.1:{gdb_port}",
+    ]
+    if kvm:
+        argv += ["-cpu", "host"]
+    if paused:
+        argv.append("-S")
+    return argv

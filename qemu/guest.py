@@ -1,0 +1,166 @@
+"""Start a QEMU guest with its gdbstub open, capture its console, and end it by process id."""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from .argv import GuestSpec, kvm_usable, qemu_argv
+from .console import Console
+
+SHM_DIR = Path("/dev/shm")
+
+
+class GuestError(Exception):
+    """QEMU could not start, or the guest died; the message carries the console tail."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (QEMU may still lose a race: start() retries)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:PORT, read from /proc (no probe connection:
+    connecting to the gdbstub would stop the guest)."""
+    want = f"0100007F:{port:04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(f.split()[1] == want and f.split()[3] == "0A" for f in lines)
+
+
+class Guest:
+    """One running QEMU. Use as a context manager so it is always ended by pid."""
+
+    def __init__(self, spec: GuestSpec, workdir: Path, paused: bool = True):
+        self.spec = spec
+        self.workdir = Path(workdir)
+        self.paused = paused
+        self.ram_path = str(SHM_DIR / f"kmemgdb-{os.getpid()}-{secrets.token_hex(4)}")
+        self.kvm = spec.accel == "kvm" or (spec.accel == "auto" and kvm_usable())
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.console: Console | None = None
+        self._reader: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self, attempts: int = 5) -> "Guest":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        last_error = ""
+        for _ in range(attempts):
+            self.port = free_port()
+            if self._start_once():
+                return self
+            last_error = self._stderr_text()
+            if "Address already in use" not in last_error and "bind" not in last_error:
+                break
+        self.stop()
+        raise GuestError(f"QEMU did not start: {last_error.strip() or 'no error output'}")
+
+    def _start_once(self) -> bool:
+        argv = qemu_argv(self.spec, self.port, self.ram_path, self.paused, self.kvm)
+        self.argv = argv
+        self._stderr = open(self.workdir / "qemu-stderr.log", "w+")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._stderr, start_new_session=True)
+        self.console = Console(self.workdir / "console.log", self._write_stdin)
+        self._reader = threading.Thread(target=self._read_console, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            if _listening(self.port):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def stop(self) -> None:
+        """End QEMU by its pid and remove the RAM file (safe to call twice)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        if self._reader:
+            self._reader.join(5)
+        try:
+            os.unlink(self.ram_path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "Guest":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc else 0
+
+    @property
+    def ram_size(self) -> int:
+        return self.spec.memory_mib << 20
+
+    def running(self) -> bool:
+        return bool(self.proc) and self.proc.poll() is None
+
+    def check(self) -> None:
+        """Raise GuestError if QEMU exited or the kernel crashed."""
+        assert self.console is not None
+        crash = self.console.crash()
+        if crash:
+            raise GuestError(f"guest kernel crashed: {crash}\nconsole tail:\n{self.console.tail()}")
+        if not self.running():
+            rc = self.proc.returncode if self.proc else None
+            raise GuestError(f"QEMU exited (status {rc}) {self._stderr_text().strip()}\n"
+                             f"console tail:\n{self.console.tail()}")
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Wait for the guest init's ready line (the guest must be running)."""
+        assert self.console is not None
+        self.console.wait_for(r"kmemgdb-guest-ready", timeout, alive=self.check)
+
+    def run(self, command: str, timeout: float = 60) -> tuple[str, int]:
+        assert self.console is not None
+        return self.console.run(command, timeout, alive=self.check)
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _write_stdin(self, data: bytes) -> None:
+        if not self.proc or not self.proc.stdin:
+            raise GuestError("guest is not running")
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except BrokenPipeError as exc:
+            raise GuestError("QEMU exited; cannot type into the guest console") from exc
+
+    def _read_console(self) -> None:
+        assert self.proc and self.proc.stdout and self.console
+        fd = self.proc.stdout.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.console.feed(chunk.decode("utf-8", errors="replace"))
+        self.console.close()
+
+    def _stderr_text(self) -> str:
+        try:
+            return (self.workdir / "qemu-stderr.log").read_text()
+        except OSError:
+            return ""

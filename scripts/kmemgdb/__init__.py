@@ -1,0 +1,1 @@
+"""kmemgdb's host-side tooling: guest kernel and initramfs builds and the batch command."""

@@ -1,0 +1,151 @@
+"""The `kmemgdb` command: build the guest, run jobs in it, attach gdb.
+
+Exit status: 0 no findings, 1 findings, 2 error (one line on stderr, never a traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import KmemgdbError
+from .run import LAB_ERRORS, RunOptions, Step, run
+
+UNAVAILABLE = {
+    "kmemleak": "--kmemleak is not available yet: host-side kmemleak is tracked in issue 3",
+    "kmemcheck": "--kmemcheck is not available yet: host-side kmemcheck is tracked in issue 4",
+}
+
+
+class UsageError(KmemgdbError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+class _StepAction(argparse.Action):
+    """--insmod and --exec share one ordered list of steps."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        steps = getattr(namespace, "steps", None) or []
+        if self.dest == "insmod":
+            path = Path(value).resolve()
+            steps.append(Step("insmod", f"insmod /modules/{path.name}", str(path)))
+            namespace.modules = (getattr(namespace, "modules", None) or []) + [path]
+        else:
+            steps.append(Step("exec", value, value))
+        namespace.steps = steps
+
+
+def build_parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="kmemgdb", description="Kernel memory checking from the debugger.")
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("build", help="build (or find cached) guest kernel and initramfs; print paths")
+
+    mod = sub.add_parser("module", help="out-of-tree modules")
+    modsub = mod.add_subparsers(dest="module_command", required=True, parser_class=_Parser)
+    mb = modsub.add_parser("build", help="build module source DIR against the guest kernel")
+    mb.add_argument("dir", type=Path)
+
+    r = sub.add_parser("run", help="boot the guest under gdb, run steps, report")
+    r.add_argument("--insmod", metavar="KO", action=_StepAction, help="load a module (repeatable)")
+    r.add_argument("--exec", metavar="CMD", action=_StepAction, help="guest shell command (repeatable)")
+    r.add_argument("--kmemleak", action="store_true", help="host-side leak check")
+    r.add_argument("--kmemcheck", metavar="SPEC", help="host-side uninitialized-read check")
+    r.add_argument("--json", type=Path, metavar="FILE", help="write the JSON report here")
+    r.add_argument("--timeout", type=float, default=600, metavar="SECONDS")
+    r.add_argument("--reference-kmemleak", action="store_true",
+                   help="boot with the in-kernel kmemleak on and capture its report too")
+    _guest_options(r)
+    r.add_argument("--workdir", type=Path, help="keep console, gdb and QEMU logs here")
+
+    demo = sub.add_parser("demo", help="boot, attach gdb, show what the extension sees")
+    _guest_options(demo)
+    g = sub.add_parser("gdb", help="boot the guest and open an interactive gdb attached to it")
+    _guest_options(g)
+    g.add_argument("--insmod", metavar="KO", action="append", default=[], type=Path,
+                   help="put a module into the guest's /modules/ (repeatable)")
+    return top
+
+
+def _guest_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memory", type=int, default=256, metavar="MIB")
+    p.add_argument("--smp", type=int, default=1)
+    p.add_argument("--append", action="append", default=[], metavar="ARG",
+                   help="extra kernel command-line argument (repeatable)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return _dispatch(args)
+    except UsageError as exc:
+        print(f"kmemgdb: {exc}", file=sys.stderr)
+        return 2
+    except LAB_ERRORS as exc:
+        print(f"kmemgdb: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kmemgdb: interrupted", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    from . import demo, kernel, modbuild, initramfs
+
+    if args.command == "build":
+        k = kernel.ensure_kernel()
+        print(f"kernel {k.release}: {k.bzimage}\nvmlinux: {k.vmlinux}\n"
+              f"initramfs: {initramfs.ensure_initramfs([k.kmemleak_test_ko])}")
+        return 0
+    if args.command == "module":
+        for ko in modbuild.build_module(kernel.ensure_kernel(), args.dir):
+            print(ko)
+        return 0
+    if args.command == "run":
+        return _run(args)
+    if args.command == "demo":
+        return demo.demo(args.memory, args.smp, args.append)
+    if args.command == "gdb":
+        return demo.interactive(args.memory, args.smp, args.append, args.insmod)
+    raise UsageError(f"unknown command {args.command}")
+
+
+def _run(args) -> int:
+    if args.kmemleak:
+        raise UsageError(UNAVAILABLE["kmemleak"])
+    if args.kmemcheck:
+        raise UsageError(UNAVAILABLE["kmemcheck"])
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    for path in getattr(args, "modules", None) or []:
+        if not path.is_file() or path.suffix != ".ko":
+            raise UsageError(f"--insmod {path}: not a .ko file")
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    options = RunOptions(steps=getattr(args, "steps", None) or [],
+                         modules=getattr(args, "modules", None) or [],
+                         json_path=args.json, timeout=args.timeout,
+                         reference_kmemleak=args.reference_kmemleak, memory_mib=args.memory,
+                         smp=args.smp, append=args.append, workdir=args.workdir)
+    doc, status = run(options)
+    for step in doc["steps"]:
+        print(f"$ {step['argument'] if step['kind'] == 'exec' else 'insmod ' + step['argument']}"
+              f"  (exit {step['exit_status']})")
+        if step["output"]:
+            print(step["output"].rstrip("\n"))
+    if "reference_kmemleak" in doc:
+        print(f"in-kernel kmemleak: {len(doc['reference_kmemleak']['leaks'])} unreferenced object(s)")
+    if args.json:
+        print(f"JSON report: {args.json}")
+    return status
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""`kmemgdb demo` (what `make demo` runs) and `kmemgdb gdb` (an interactive session)."""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from .guestlab import LabOptions, booted
+
+
+def _say(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+def _show(lab, command: str) -> None:
+    print(f"(gdb) {command}")
+    print(lab.gdb.checked(command).strip("\n"), flush=True)
+
+
+def demo(memory: int, smp: int, append: list[str]) -> int:
+    options = LabOptions(memory_mib=memory, smp=smp, append=append)
+    with tempfile.TemporaryDirectory(prefix="kmemgdb-demo-") as tmp, booted(options, Path(tmp)) as lab:
+        out, _ = lab.run("uname -r; grep MemTotal /proc/meminfo")
+        _say("the guest says")
+        print(out.rstrip())
+        lab.gdb.interrupt()
+        _say("the extension sees (guest stopped under gdb)")
+        for command in ("kmem info", "kmem vtop &init_uts_ns"):
+            _show(lab, command)
+        lab.gdb.cont()
+        out, status = lab.run("insmod /modules/kmemleak-test.ko")
+        _say(f"guest: insmod kmemleak-test.ko (exit {status}); its symbols loaded by themselves")
+        lab.gdb.interrupt()
+        for command in ("kmem info", "info address kmemleak_test_init", "kmem vtop &test_list",
+                        "kmem pte hide &test_list", "kmem pte list", "kmem pte show &test_list"):
+            _show(lab, command)
+        lab.gdb.cont()
+        out, status = lab.run("rmmod kmemleak_test && echo module unloaded")
+        _say("guest keeps running after the page was shown again")
+        print(out.rstrip())
+    return 0
+
+
+def interactive(memory: int, smp: int, append: list[str], modules: list[Path]) -> int:
+    options = LabOptions(modules=modules, memory_mib=memory, smp=smp, append=append)
+    with tempfile.TemporaryDirectory(prefix="kmemgdb-gdb-") as tmp, booted(options, Path(tmp)) as lab:
+        lab.gdb.interrupt()
+        print(f"guest booted; console log: {lab.guest.console.log_path}\n"
+              "gdb is attached with kmemgdb loaded (try `kmem info`); Ctrl-] or `quit` ends.",
+              flush=True)
+        sys.stdout.write("(kmemgdb) ")
+        sys.stdout.flush()
+        lab.gdb.proc.interact()
+    return 0

@@ -1,0 +1,103 @@
+"""Drive an interactive gdb with the kmemgdb extension through pexpect (CLI and tests)."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import pexpect
+
+REPO = Path(__file__).resolve().parents[2]
+INIT_SCRIPT = REPO / "gdbext" / "init.py"
+PROMPT = "(kmemgdb) "
+
+
+class GdbError(Exception):
+    """gdb died, timed out, or a command printed an error where none was allowed."""
+
+
+class GdbSession:
+    """One gdb process. Ended by pid on close(), also when a test fails."""
+
+    def __init__(self, vmlinux: Path, ram_file: str = "", module_path: list[Path] | None = None,
+                 log_path: Path | None = None, timeout: float = 60):
+        env = dict(os.environ, NO_COLOR="1", TERM="dumb",
+                   KMEMGDB_RAM_FILE=ram_file,
+                   KMEMGDB_MODULE_PATH=":".join(str(p) for p in module_path or []))
+        argv = ["-q", "-nx", "-x", str(INIT_SCRIPT),
+                "-iex", "set pagination off", "-iex", "set confirm off", "-iex", "set width 0",
+                "-iex", "set height 0", "-iex", f"set prompt {PROMPT}", str(vmlinux)]
+        self.timeout = timeout
+        self._log = open(log_path, "w") if log_path else None
+        self.proc = pexpect.spawn("gdb", argv, env=env, encoding="utf-8", codec_errors="replace",
+                                  timeout=timeout, echo=False, dimensions=(1000, 1000))
+        if self._log:
+            self.proc.logfile_read = self._log
+        self._expect_prompt(timeout=120)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _expect_prompt(self, timeout: float | None = None) -> str:
+        try:
+            self.proc.expect_exact(PROMPT, timeout=timeout or self.timeout)
+        except pexpect.EOF:
+            raise GdbError(f"gdb exited; last output:\n{self.proc.before[-2000:]}") from None
+        except pexpect.TIMEOUT:
+            raise GdbError(f"gdb did not return to its prompt; last output:\n"
+                           f"{self.proc.before[-2000:]}") from None
+        return self.proc.before.replace("\r", "")
+
+    def cmd(self, command: str, timeout: float | None = None) -> str:
+        """Run COMMAND at the gdb prompt and return its output."""
+        self.proc.sendline(command)
+        return self._expect_prompt(timeout)
+
+    def checked(self, command: str, timeout: float | None = None) -> str:
+        """Like cmd(), but a Python traceback or an error line is a GdbError."""
+        out = self.cmd(command, timeout)
+        if "Traceback" in out or "Python Exception" in out:
+            raise GdbError(f"{command!r} raised inside gdb:\n{out}")
+        return out
+
+    def connect(self, port: int) -> str:
+        out = self.cmd(f"target remote 127.0.0.1:{port}", timeout=60)
+        if "Remote debugging using" not in out or "Connection refused" in out:
+            raise GdbError(f"gdb could not connect to port {port}:\n{out}")
+        return out
+
+    def cont(self) -> None:
+        """Let the guest run; gdb keeps the terminal until interrupt()."""
+        self.proc.sendline("continue")
+        self.proc.expect_exact("Continuing.", timeout=self.timeout)
+
+    def interrupt(self, timeout: float | None = None) -> str:
+        """Stop the running guest (Ctrl-C at the gdb terminal) and wait for the prompt."""
+        self.proc.sendintr()
+        return self._expect_prompt(timeout)
+
+    def wait_stop(self, timeout: float | None = None) -> str:
+        """Wait for the running guest to stop by itself (a breakpoint) and return gdb's output."""
+        return self._expect_prompt(timeout)
+
+    def close(self) -> None:
+        if self.proc.isalive():
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.close(force=True)
+        if self._log:
+            self._log.close()
+
+    def __enter__(self) -> "GdbSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)

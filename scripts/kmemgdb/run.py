@@ -1,0 +1,147 @@
+"""`kmemgdb run`: boot the guest under gdb, load modules, run commands, collect reports as JSON."""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gdbext.core.kmemleak_text import parse_kmemleak
+
+from qemu.console import ConsoleError
+from qemu.guest import GuestError
+
+from .errors import KmemgdbError
+from .gdbdriver import GdbError
+from .guestlab import Lab, LabOptions, booted
+
+# Everything that ends a run with exit status 2 and a one-line reason.
+LAB_ERRORS = (KmemgdbError, GuestError, GdbError, ConsoleError)
+
+KMEMLEAK_FILE = "/sys/kernel/debug/kmemleak"
+
+
+@dataclass
+class Step:
+    kind: str          # insmod | exec
+    command: str       # what the guest shell runs
+    argument: str      # what the user gave (.ko path or command)
+
+
+@dataclass
+class RunOptions:
+    steps: list[Step] = field(default_factory=list)
+    modules: list[Path] = field(default_factory=list)
+    json_path: Path | None = None
+    timeout: float = 600
+    reference_kmemleak: bool = False
+    memory_mib: int = 256
+    smp: int = 1
+    append: list[str] = field(default_factory=list)
+    workdir: Path | None = None
+
+
+class Deadline:
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+        self.seconds = seconds
+
+    def left(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise KmemgdbError(f"run timed out after {self.seconds:.0f} s (--timeout)")
+        return left
+
+
+def run(options: RunOptions) -> tuple[dict, int]:
+    """Run the job; return the JSON document and the exit status (0 clean, 1 findings)."""
+    with tempfile.TemporaryDirectory(prefix="kmemgdb-run-") as tmp:
+        workdir = options.workdir or Path(tmp)
+        lab_opts = LabOptions(modules=options.modules, memory_mib=options.memory_mib,
+                              smp=options.smp, append=_append(options))
+        deadline = Deadline(options.timeout)
+        doc: dict = {"steps": [], "kmemleak": {"enabled": False, "leaks": []},
+                     "kmemcheck": {"enabled": False, "reports": []}}
+        try:
+            with booted(lab_opts, workdir) as lab:
+                _run_steps(lab, options.steps, doc, deadline)
+                if options.reference_kmemleak:
+                    doc["reference_kmemleak"] = _reference_kmemleak(lab, deadline)
+                lab.gdb.interrupt(timeout=deadline.left())
+                doc["guest"] = _guest_info(lab)
+                if options.reference_kmemleak:
+                    _symbolize_reference(lab, doc["reference_kmemleak"]["leaks"])
+                doc["console"] = lab.guest.console.text
+        except LAB_ERRORS as exc:
+            console = workdir / "console.log"
+            doc["console"] = console.read_text(errors="replace") if console.exists() else ""
+            doc["error"] = str(exc)
+            _write(options.json_path, doc)
+            raise
+        _write(options.json_path, doc)
+        findings = len(doc["kmemleak"]["leaks"]) + len(doc["kmemcheck"]["reports"])
+        return doc, 1 if findings else 0
+
+
+def _append(options: RunOptions) -> list[str]:
+    return (["kmemleak=on"] if options.reference_kmemleak else []) + options.append
+
+
+def _run_steps(lab: Lab, steps: list[Step], doc: dict, deadline: Deadline) -> None:
+    for step in steps:
+        output, status = lab.run(step.command, timeout=deadline.left())
+        doc["steps"].append({"kind": step.kind, "argument": step.argument,
+                             "command": step.command, "exit_status": status, "output": output})
+        if status != 0:
+            raise KmemgdbError(f"guest {step.kind} {step.argument!r} failed with exit status "
+                               f"{status}: {output.strip()[-500:]}")
+
+
+def _reference_kmemleak(lab: Lab, deadline: Deadline) -> dict:
+    """The in-kernel kmemleak's report after two scans: objects must be 5 s old to be reported,
+    and must stay unreferenced across two scans (mm/kmemleak.c)."""
+    out, status = lab.run(f"test -w {KMEMLEAK_FILE}", timeout=deadline.left())
+    if status != 0:
+        raise KmemgdbError("the guest has no in-kernel kmemleak (CONFIG_DEBUG_KMEMLEAK, kmemleak=on)")
+    lab.run(f"sleep 6; echo scan > {KMEMLEAK_FILE}; echo scan > {KMEMLEAK_FILE}",
+            timeout=deadline.left())
+    text, _ = lab.run(f"cat {KMEMLEAK_FILE}", timeout=deadline.left())
+    leaks = parse_kmemleak(text)
+    return {"raw": text, "leaks": [_leak_json(leak) for leak in leaks]}
+
+
+def _leak_json(leak) -> dict:
+    return {"address": leak.address, "size": leak.size, "comm": leak.comm, "pid": leak.pid,
+            "jiffies": leak.jiffies, "age": leak.age, "hex": leak.hex.hex(),
+            "backtrace": [{"pc": f.pc, "symbol": f.symbol, "module": f.module, "file": None,
+                           "line": None} for f in leak.backtrace]}
+
+
+def _symbolize_reference(lab: Lab, leaks: list[dict]) -> None:
+    """Fill file and line of the kernel's frames from gdb's line tables."""
+    frames = [f for leak in leaks for f in leak["backtrace"]]
+    for i in range(0, len(frames), 64):
+        chunk = frames[i:i + 64]
+        out = lab.gdb.checked("kmem symbolize --json " + " ".join(hex(f["pc"]) for f in chunk))
+        for frame, resolved in zip(chunk, json.loads(_last_json_line(out))):
+            frame["file"], frame["line"] = resolved["file"], resolved["line"]
+
+
+def _guest_info(lab: Lab) -> dict:
+    info = json.loads(_last_json_line(lab.gdb.checked("kmem info --json")))
+    return {"kernel_release": info["release"], "command_line": info["cmdline"],
+            "ram_bytes": lab.guest.ram_size, "memory_total_kb": info["totalram_bytes"] // 1024,
+            "smp": lab.guest.spec.smp, "modules": [m["name"] for m in info["modules"]]}
+
+
+def _last_json_line(output: str) -> str:
+    lines = [ln for ln in output.splitlines() if ln.startswith(("{", "["))]
+    if not lines:
+        raise KmemgdbError(f"gdb printed no JSON: {output.strip()[-500:]}")
+    return lines[-1]
+
+
+def _write(path: Path | None, doc: dict) -> None:
+    if path:
+        path.write_text(json.dumps(doc, indent=1) + "\n")

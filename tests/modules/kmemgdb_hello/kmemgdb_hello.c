@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * A small module for kmemgdb's integration tests: writing to
+ * /sys/kernel/debug/kmemgdb_hello calls kmemgdb_hello_poke(), which reads and writes
+ * kmemgdb_hello_counter, a variable in the module's own (vmalloc, 4 KiB-mapped) data.
+ */
+#include <linux/debugfs.h>
+#include <linux/fs.h>
+#include <linux/module.h>
+
+static struct dentry *kmemgdb_hello_file;
+unsigned long kmemgdb_hello_counter __aligned(4096) = 1;
+
+noinline void kmemgdb_hello_poke(void)
+{
+	WRITE_ONCE(kmemgdb_hello_counter, READ_ONCE(kmemgdb_hello_counter) + 1);
+	pr_info("kmemgdb_hello: counter %lu\n", READ_ONCE(kmemgdb_hello_counter));
+}
+
+static ssize_t kmemgdb_hello_write(struct file *file, const char __user *buf, size_t len,
+				   loff_t *ppos)
+{
+	kmemgdb_hello_poke();
+	return len;
+}
+
+static const struct file_operations kmemgdb_hello_fops = {
+	.owner = THIS_MODULE,
+	.write = kmemgdb_hello_write,
+};
+
+static int __init kmemgdb_hello_init(void)
+{
+	kmemgdb_hello_file = debugfs_create_file("kmemgdb_hello", 0200, NULL, NULL,
+						 &kmemgdb_hello_fops);
+	pr_info("kmemgdb_hello: loaded, counter at %px\n", &kmemgdb_hello_counter);
+	return 0;
+}
+
+static void __exit kmemgdb_hello_exit(void)
+{
+	debugfs_remove(kmemgdb_hello_file);
+}
+
+module_init(kmemgdb_hello_init);
+module_exit(kmemgdb_hello_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("kmemgdb integration test module");
