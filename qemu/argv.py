@@ -5,7 +5,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BASE_CMDLINE = ["console=ttyS0", "nokaslr", "panic=-1"]
+# no_hash_pointers: reports printed by the guest (oopses, the in-kernel kmemleak) show real
+# addresses; a TCG guest often has no entropy yet and would print "(____ptrval____)".
+BASE_CMDLINE = ["console=ttyS0", "nokaslr", "panic=-1", "no_hash_pointers"]
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Callable, IO
 
 # What a dying kernel prints; the launcher reports the console tail when one shows up.
 CRASH_PATTERNS = re.compile(
-    r"Kernel panic - not syncing|Oops: |BUG: |general protection fault|"
+    r"Kernel panic - not syncing|Oops: |BUG: |kernel BUG at |general protection fault|"
     r"Unable to handle kernel|unable to handle page fault")
 
 _marker_ids = itertools.count(1)

@@ -134,7 +134,9 @@ class Guest:
 
     def run(self, command: str, timeout: float = 60) -> tuple[str, int]:
         assert self.console is not None
-        return self.console.run(command, timeout, alive=self.check)
+        result = self.console.run(command, timeout, alive=self.check)
+        self.check()  # a command that crashed the kernel still lets its shell print the marker
+        return result
 
     # -- plumbing --------------------------------------------------------------------------
     def _write_stdin(self, data: bytes) -> None:

@@ -13,6 +13,9 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 
+MODULE_ALIASES = frozenset({"init_module", "cleanup_module"})
+
+
 class SymbolError(Exception):
     """A symbol or ELF file kmemgdb needs is missing."""
 
@@ -47,7 +50,9 @@ class SymbolTable:
     """Sorted function and object symbols of one ELF file, shifted by BIAS per section."""
 
     def __init__(self, symbols: list[Symbol], sections: list[Section], module: str | None = None):
-        self.symbols = sorted(symbols, key=lambda s: (s.addr, -s.size))
+        # module_init()/module_exit() add aliases at the same address; lookup() walks backwards,
+        # so aliases sort first and the real function is found first.
+        self.symbols = sorted(symbols, key=lambda s: (s.addr, s.name not in MODULE_ALIASES, -s.size))
         self._addrs = [s.addr for s in self.symbols]
         self.by_name = {s.name: s for s in self.symbols}
         self.sections = sections

@@ -71,7 +71,7 @@ class ModuleSymbols:
 
     def unload(self, name: str) -> None:
         ko = self.loaded.pop(name, None)
-        if ko is not None:
+        if ko is not None and any(o.filename == str(ko) for o in gdb.objfiles()):
             gdb.execute(f"remove-symbol-file {ko}", to_string=True)
             SESSION.symbolizer().remove_module(name)
 

@@ -33,7 +33,7 @@ class _StepAction(argparse.Action):
     def __call__(self, parser, namespace, value, option_string=None):
         steps = getattr(namespace, "steps", None) or []
         if self.dest == "insmod":
-            path = Path(value).resolve()
+            path = Path(value).resolve() if "/" in value or value.endswith(".ko") else Path(value)
             steps.append(Step("insmod", f"insmod /modules/{path.name}", str(path)))
             namespace.modules = (getattr(namespace, "modules", None) or []) + [path]
         else:
@@ -104,6 +104,8 @@ def _dispatch(args) -> int:
               f"initramfs: {initramfs.ensure_initramfs([k.kmemleak_test_ko])}")
         return 0
     if args.command == "module":
+        if not args.dir.is_dir():
+            raise UsageError(f"module build: {args.dir} is not a directory")
         for ko in modbuild.build_module(kernel.ensure_kernel(), args.dir):
             print(ko)
         return 0
@@ -116,6 +118,18 @@ def _dispatch(args) -> int:
     raise UsageError(f"unknown command {args.command}")
 
 
+def _resolve_module(path: Path) -> Path:
+    """A .ko path, or the name of a module of the guest kernel build (`kmemleak-test`)."""
+    if path.is_file() and path.suffix == ".ko":
+        return path
+    if len(path.parts) == 1 and not path.suffix:
+        from .kernel import ensure_kernel
+        for ko in ensure_kernel().modules():
+            if ko.stem.replace("-", "_") == path.name.replace("-", "_"):
+                return ko
+    raise UsageError(f"--insmod {path}: not a .ko file nor a module of the guest kernel")
+
+
 def _run(args) -> int:
     if args.kmemleak:
         raise UsageError(UNAVAILABLE["kmemleak"])
@@ -123,13 +137,14 @@ def _run(args) -> int:
         raise UsageError(UNAVAILABLE["kmemcheck"])
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
-    for path in getattr(args, "modules", None) or []:
-        if not path.is_file() or path.suffix != ".ko":
-            raise UsageError(f"--insmod {path}: not a .ko file")
+    modules = [_resolve_module(p) for p in getattr(args, "modules", None) or []]
+    for step in getattr(args, "steps", None) or []:
+        if step.kind == "insmod":
+            step.command = f"insmod /modules/{_resolve_module(Path(step.argument)).name}"
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     options = RunOptions(steps=getattr(args, "steps", None) or [],
-                         modules=getattr(args, "modules", None) or [],
+                         modules=modules,
                          json_path=args.json, timeout=args.timeout,
                          reference_kmemleak=args.reference_kmemleak, memory_mib=args.memory,
                          smp=args.smp, append=args.append, workdir=args.workdir)

@@ -119,13 +119,16 @@ def _leak_json(leak) -> dict:
 
 
 def _symbolize_reference(lab: Lab, leaks: list[dict]) -> None:
-    """Fill file and line of the kernel's frames from gdb's line tables."""
-    frames = [f for leak in leaks for f in leak["backtrace"]]
+    """Fill file and line of the kernel's frames from gdb's line tables, and name frames in
+    module init code the kernel had already freed (its kallsyms prints a bare address)."""
+    frames = [f for leak in leaks for f in leak["backtrace"] if f["pc"] is not None]
     for i in range(0, len(frames), 64):
         chunk = frames[i:i + 64]
         out = lab.gdb.checked("kmem symbolize --json " + " ".join(hex(f["pc"]) for f in chunk))
         for frame, resolved in zip(chunk, json.loads(_last_json_line(out))):
             frame["file"], frame["line"] = resolved["file"], resolved["line"]
+            if frame["symbol"] is None:
+                frame["symbol"], frame["module"] = resolved["symbol"], resolved["module"]
 
 
 def _guest_info(lab: Lab) -> dict:

@@ -69,7 +69,7 @@ class KmemCommand(gdb.Command):
             self.run(args)
         except ArgumentError as exc:
             raise gdb.GdbError(str(exc)) from None
-        except USER_ERRORS as exc:
+        except (gdb.error, *USER_ERRORS) as exc:
             raise gdb.GdbError(f"{self.cmd_name}: {exc}") from None
         except KeyboardInterrupt:
             raise gdb.GdbError(f"{self.cmd_name}: interrupted") from None

@@ -8,13 +8,14 @@
 #include <linux/fs.h>
 #include <linux/module.h>
 
-static struct dentry *kmemgdb_hello_file;
-unsigned long kmemgdb_hello_counter __aligned(4096) = 1;
+static struct dentry *kmemgdb_hello_file, *kmemgdb_hello_bug_file;
+/* A whole page of its own, so hiding it hides nothing else (struct module sits in .data). */
+unsigned long kmemgdb_hello_counter[PAGE_SIZE / sizeof(unsigned long)] __aligned(PAGE_SIZE) = { 1 };
 
 noinline void kmemgdb_hello_poke(void)
 {
-	WRITE_ONCE(kmemgdb_hello_counter, READ_ONCE(kmemgdb_hello_counter) + 1);
-	pr_info("kmemgdb_hello: counter %lu\n", READ_ONCE(kmemgdb_hello_counter));
+	WRITE_ONCE(kmemgdb_hello_counter[0], READ_ONCE(kmemgdb_hello_counter[0]) + 1);
+	pr_info("kmemgdb_hello: counter %lu\n", READ_ONCE(kmemgdb_hello_counter[0]));
 }
 
 static ssize_t kmemgdb_hello_write(struct file *file, const char __user *buf, size_t len,
@@ -29,16 +30,32 @@ static const struct file_operations kmemgdb_hello_fops = {
 	.write = kmemgdb_hello_write,
 };
 
+/* Writing to kmemgdb_hello_bug oopses the kernel: tests crash detection. */
+static ssize_t kmemgdb_hello_bug_write(struct file *file, const char __user *buf, size_t len,
+				       loff_t *ppos)
+{
+	BUG();
+	return len;
+}
+
+static const struct file_operations kmemgdb_hello_bug_fops = {
+	.owner = THIS_MODULE,
+	.write = kmemgdb_hello_bug_write,
+};
+
 static int __init kmemgdb_hello_init(void)
 {
 	kmemgdb_hello_file = debugfs_create_file("kmemgdb_hello", 0200, NULL, NULL,
 						 &kmemgdb_hello_fops);
-	pr_info("kmemgdb_hello: loaded, counter at %px\n", &kmemgdb_hello_counter);
+	kmemgdb_hello_bug_file = debugfs_create_file("kmemgdb_hello_bug", 0200, NULL, NULL,
+						     &kmemgdb_hello_bug_fops);
+	pr_info("kmemgdb_hello: loaded, counter at %px\n", kmemgdb_hello_counter);
 	return 0;
 }
 
 static void __exit kmemgdb_hello_exit(void)
 {
+	debugfs_remove(kmemgdb_hello_bug_file);
 	debugfs_remove(kmemgdb_hello_file);
 }
 

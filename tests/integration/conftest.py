@@ -1,0 +1,59 @@
+"""Fixtures that boot the real guest kernel under QEMU and attach real gdb (pexpect).
+
+One guest per test module; QEMU and gdb are ended by pid when the module's tests finish,
+also when they fail."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from kmemgdb.guestlab import LabOptions, booted
+from kmemgdb.kernel import ensure_kernel
+from kmemgdb.modbuild import build_module
+
+REPO = Path(__file__).resolve().parents[2]
+HELLO_SRC = REPO / "tests" / "modules" / "kmemgdb_hello"
+
+pytestmark = pytest.mark.guest
+
+
+@pytest.fixture(scope="session")
+def kernel_build():
+    return ensure_kernel()
+
+
+@pytest.fixture(scope="session")
+def hello_ko(kernel_build):
+    return build_module(kernel_build, HELLO_SRC)[0]
+
+
+@pytest.fixture(scope="module")
+def lab(hello_ko, tmp_path_factory):
+    with booted(LabOptions(modules=[hello_ko]), tmp_path_factory.mktemp("lab")) as lab:
+        yield lab
+
+
+class Stopped:
+    """Context: guest stopped under gdb inside the block, running again after it."""
+
+    def __init__(self, lab):
+        self.lab = lab
+
+    def __enter__(self):
+        self.lab.gdb.interrupt()
+        return self.lab.gdb
+
+    def __exit__(self, *exc):
+        self.lab.gdb.cont()
+
+
+def no_python_errors(output: str) -> None:
+    assert "Traceback" not in output and "Python Exception" not in output, output
+
+
+def field(output: str, name: str) -> str:
+    m = re.search(rf"^{re.escape(name)}\s+(.*)$", output, re.M)
+    assert m, f"no {name!r} in:\n{output}"
+    return m.group(1).strip()

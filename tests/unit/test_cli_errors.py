@@ -1,0 +1,31 @@
+"""Bad command lines: exit status 2 and one line on stderr, before anything boots."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def kmemgdb(*args):
+    return subprocess.run([sys.executable, "-m", "kmemgdb.cli", *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=60,
+                          env={"PYTHONPATH": f"{REPO}:{REPO / 'scripts'}", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--kmemleak"], "issue 3"),
+    (["run", "--kmemcheck", "all"], "issue 4"),
+    (["run", "--insmod", "/nonexistent.ko"], "not a .ko file nor a module of the guest kernel"),
+    (["run", "--timeout", "0"], "--timeout must be positive"),
+    (["run", "--frobnicate"], "unrecognized arguments"),
+    (["nosuch"], "invalid choice"),
+    (["module", "build", "/nonexistent-dir"], "is not a directory"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    res = kmemgdb(*args)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr

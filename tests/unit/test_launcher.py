@@ -1,0 +1,57 @@
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from qemu.argv import GuestSpec, kvm_usable, qemu_argv
+from qemu.console import Console, ConsoleError
+
+
+def test_argv_shares_ram_and_opens_gdbstub():
+    spec = GuestSpec(Path("/k/bzImage"), Path("/k/initrd"), memory_mib=512, smp=2, append=["x=1"])
+    argv = qemu_argv(spec, 4321, "/dev/shm/ram", paused=True, kvm=False)
+    joined = " ".join(argv)
+    assert "memory-backend-file,id=ram0,size=512M,mem-path=/dev/shm/ram,share=on" in joined
+    assert "-gdb tcp:127.0.0.1:4321" in joined and "-S" in argv
+    assert argv[argv.index("-accel") + 1] == "tcg" and argv[argv.index("-smp") + 1] == "2"
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 nokaslr panic=-1 no_hash_pointers x=1"
+
+
+def test_kvm_needs_vmx_or_svm():
+    assert not kvm_usable("flags\t: fpu sse2\n") or not Path("/dev/kvm").exists()
+
+
+class FakeShell:
+    """Echoes what it is sent and answers like busybox sh would."""
+
+    def __init__(self, tmp_path: Path, reply: str, status: int):
+        self.console = Console(tmp_path / "console.log", self.write)
+        self.reply, self.status = reply, status
+
+    def write(self, data: bytes) -> None:
+        text = data.decode()
+        def answer():
+            self.console.feed(text.replace("\n", "\r\n"))          # echo
+            begin = text.split(";")[0].split('"')[1] + "-begin@@"
+            self.console.feed(begin + "\r\n" + self.reply)
+            tag = text.rsplit("@@", 2)[-2].split(":")[0]
+            self.console.feed(f"@@{tag}:{self.status}@@\r\n/ # ")
+        threading.Thread(target=answer).start()
+
+
+def test_console_run_returns_output_and_status(tmp_path):
+    shell = FakeShell(tmp_path, "6.1.192\r\nsecond line\r\n", 3)
+    out, status = shell.console.run("uname -r", timeout=5)
+    assert out == "6.1.192\nsecond line\n" and status == 3
+    assert "6.1.192" in (tmp_path / "console.log").read_text()
+
+
+def test_console_wait_times_out_with_tail(tmp_path):
+    console = Console(tmp_path / "c.log", lambda b: None)
+    console.feed("booting\nKernel panic - not syncing: VFS\n")
+    assert console.crash() == "Kernel panic - not syncing: VFS"
+    start = time.monotonic()
+    with pytest.raises(ConsoleError, match="Kernel panic"):
+        console.wait_for("never", timeout=0.3)
+    assert time.monotonic() - start < 2
