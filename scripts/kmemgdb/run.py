@@ -90,7 +90,12 @@ def _append(options: RunOptions) -> list[str]:
 
 def _run_steps(lab: Lab, steps: list[Step], doc: dict, deadline: Deadline) -> None:
     for step in steps:
-        output, status = lab.run(step.command, timeout=deadline.left())
+        try:
+            output, status = lab.run(step.command, timeout=deadline.left())
+        except ConsoleError:
+            raise KmemgdbError(f"guest {step.kind} {step.argument!r} did not finish: run timed out "
+                               f"after {deadline.seconds:.0f} s (--timeout); console tail:\n"
+                               + lab.guest.console.tail(10)) from None
         doc["steps"].append({"kind": step.kind, "argument": step.argument,
                              "command": step.command, "exit_status": status, "output": output})
         if status != 0:
