@@ -38,6 +38,8 @@ class KernelLayout:
     sizes: dict[str, int] = field(default_factory=dict)
     lookup_offset: Callable[[str], int] | None = None  # fills OFFSETS on demand (gdb types)
     lookup_symbol: Callable[[str], int | None] | None = None
+    constants: dict[str, int] = field(default_factory=dict)   # enum values (PG_slab, ...)
+    lookup_constant: Callable[[str], int] | None = None
 
     def sym(self, name: str) -> int:
         if name not in self.symbols and self.lookup_symbol:
@@ -54,6 +56,13 @@ class KernelLayout:
         except KernelModelError:
             return False
         return True
+
+    def const(self, name: str) -> int:
+        if name not in self.constants and self.lookup_constant:
+            self.constants[name] = self.lookup_constant(name)
+        if name not in self.constants:
+            raise KernelModelError(f"the guest kernel has no constant {name}")
+        return self.constants[name]
 
     def off(self, path: str) -> int:
         if path not in self.offsets and self.lookup_offset:

@@ -125,3 +125,24 @@ class FakeMemory:
             buf = self._pages.setdefault(page, bytearray(4096))
             buf[off:off + n] = data[pos:pos + n]
             pos += n
+
+
+class FlatMemory:
+    """Contiguous fake RAM (physical address = offset), with a numpy-able view like the RAM file."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.buf = bytearray(size)
+
+    def read(self, paddr: int, size: int) -> bytes:
+        if paddr < 0 or paddr + size > self.size:
+            raise PhysicalAddressError(paddr, size)
+        return bytes(self.buf[paddr:paddr + size])
+
+    def write(self, paddr: int, data: bytes) -> None:
+        if paddr < 0 or paddr + len(data) > self.size:
+            raise PhysicalAddressError(paddr, len(data))
+        self.buf[paddr:paddr + len(data)] = data
+
+    def view(self) -> memoryview:
+        return memoryview(self.buf)
