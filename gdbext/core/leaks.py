@@ -100,6 +100,17 @@ class EdgeCollector:
             self.parts.append((src[ok], tgt[ok],
                                group.slab_vaddr[r[ok]] + col[ok].astype(np.uint64) * np.uint64(8)))
 
+    def add_rows(self, src: int, base_vaddr: int, rows: np.ndarray, row_index: np.ndarray) -> None:
+        """Scan the ROW_INDEX rows of a (n, words) array that starts at BASE_VADDR."""
+        width = rows.shape[1]
+        words = rows[row_index].reshape(-1)
+        pos, tgt = self.targets(words)
+        if len(pos):
+            r, col = np.divmod(pos, width)
+            addr = (np.uint64(base_vaddr) + row_index[r].astype(np.uint64) * np.uint64(width * 8)
+                    + col.astype(np.uint64) * np.uint64(8))
+            self.parts.append((np.full(len(pos), src, np.int64), tgt, addr))
+
     def edges(self) -> Edges:
         if not self.parts:
             z = np.zeros(0, np.int64)
@@ -107,13 +118,23 @@ class EdgeCollector:
         return Edges(*(np.concatenate([p[i] for p in self.parts]) for i in range(3)))
 
 
-def collect_edges(ctx: GuestContext, heap: Heap, roots: list[Root],
-                  registers: list[int]) -> Edges:
-    scannable = heap.min_count != MIN_COUNT_BLACK
+@dataclass
+class PageStructs:
+    """In-use struct pages to scan: MEMMAP rows PFNS of the array at ctx.vmemmap."""
+    memmap: np.ndarray
+    pfns: np.ndarray
+
+
+def collect_edges(ctx: GuestContext, heap: Heap, roots: list[Root], registers: list[int],
+                  pages: PageStructs | None = None) -> Edges:
+    """Root ids: 0..len(roots)-1 the regions, then the vCPU registers, then struct pages."""
+    scannable = heap.scannable()
     col = EdgeCollector(heap)
     for k, root in enumerate(roots):
         col.add_region(root_id(k), root.vaddr, ctx.words(root.vaddr, root.size))
     col.add_values(root_id(len(roots)), np.array(registers, np.uint64))
+    if pages is not None:
+        col.add_rows(root_id(len(roots) + 1), ctx.vmemmap, pages.memmap, pages.pfns)
     for group, rows in heap.groups:
         col.add_slab_group(ctx, group, rows, scannable)
     slab_rows = np.zeros(len(heap), bool)
@@ -142,7 +163,8 @@ class ScanResult:
 def propagate(heap: Heap, edges: Edges, excess: list[tuple[int, int]]) -> tuple[np.ndarray, ...]:
     n = len(heap)
     min_count = heap.min_count.astype(np.int64)
-    scannable = min_count != MIN_COUNT_BLACK
+    scannable = heap.scannable()
+    may_gray = min_count != MIN_COUNT_BLACK
     count = np.zeros(n, np.int64)
     parent = np.full(n, NO_PARENT, np.int64)
     parent_addr = np.zeros(n, np.uint64)
@@ -163,8 +185,8 @@ def propagate(heap: Heap, edges: Edges, excess: list[tuple[int, int]]) -> tuple[
     osrc, otgt, oaddr = osrc[order], otgt[order], oaddr[order]
     indptr = np.searchsorted(osrc, np.arange(n + 1))
 
-    gray = scannable & (count >= min_count)
-    frontier = np.nonzero(gray)[0]
+    gray = may_gray & (count >= min_count)
+    frontier = np.nonzero(gray & scannable)[0]
     exc_src = np.array([e[0] for e in excess], np.int64)
     exc_tgt = np.array([e[1] for e in excess], np.int64)
     given = np.zeros(len(excess), np.int64)
@@ -184,11 +206,11 @@ def propagate(heap: Heap, edges: Edges, excess: list[tuple[int, int]]) -> tuple[
                 unset = (parent[exc_tgt] == NO_PARENT) & (delta > 0)
                 parent[exc_tgt[unset]] = exc_src[unset]
                 given = surplus
-        newly = np.nonzero(scannable & ~gray & (count >= min_count))[0]
+        newly = np.nonzero(may_gray & ~gray & (count >= min_count))[0]
         if not len(newly):
             break
         gray[newly] = True
-        frontier = newly
+        frontier = newly[scannable[newly]]
     return gray, count, parent, parent_addr, (osrc, otgt)
 
 
@@ -228,8 +250,14 @@ def classify(heap: Heap, gray: np.ndarray, obj_edges: tuple[np.ndarray, np.ndarr
     return leaks, direct, owner
 
 
-def scan(ctx: GuestContext, heap: Heap, roots: list[Root], registers: list[int]) -> ScanResult:
-    edges = collect_edges(ctx, heap, roots, registers)
+def root_names(roots: list[Root]) -> list[str]:
+    """Names by root index, matching collect_edges()'s root ids."""
+    return [r.name for r in roots] + ["vCPU registers", "struct page"]
+
+
+def scan(ctx: GuestContext, heap: Heap, roots: list[Root], registers: list[int],
+         pages: PageStructs | None = None) -> ScanResult:
+    edges = collect_edges(ctx, heap, roots, registers, pages)
     excess = []
     for i, extra in heap.extra.items():
         if extra.vm_struct is not None:

@@ -49,12 +49,16 @@ class Located:
 class SymbolTable:
     """Sorted function and object symbols of one ELF file, shifted by BIAS per section."""
 
-    def __init__(self, symbols: list[Symbol], sections: list[Section], module: str | None = None):
+    def __init__(self, symbols: list[Symbol], sections: list[Section], module: str | None = None,
+                 labels: dict[str, int] | None = None):
         # module_init()/module_exit() add aliases at the same address; lookup() walks backwards,
         # so aliases sort first and the real function is found first.
         self.symbols = sorted(symbols, key=lambda s: (s.addr, s.name not in MODULE_ALIASES, -s.size))
         self._addrs = [s.addr for s in self.symbols]
         self.by_name = {s.name: s for s in self.symbols}
+        # Linker labels (_sdata, __bss_start: STT_NOTYPE) have addresses but name no code.
+        for name, addr in (labels or {}).items():
+            self.by_name.setdefault(name, Symbol(name, addr, 0))
         self.sections = sections
         self.module = module
 
@@ -70,9 +74,13 @@ class SymbolTable:
             symtab = elf.get_section_by_name(".symtab")
             if not isinstance(symtab, SymbolTableSection):
                 raise SymbolError(f"{path} has no symbol table")
-            symbols = []
+            symbols, labels = [], {}
             for sym in symtab.iter_symbols():
-                if sym["st_info"]["type"] not in ("STT_FUNC", "STT_OBJECT") or not sym.name:
+                kind = sym["st_info"]["type"]
+                if kind == "STT_NOTYPE" and sym.name and isinstance(sym["st_shndx"], int) \
+                        and section_bases is None:
+                    labels[sym.name] = sym["st_value"]
+                if kind not in ("STT_FUNC", "STT_OBJECT") or not sym.name:
                     continue
                 shndx = sym["st_shndx"]
                 if not isinstance(shndx, int) or shndx >= len(sections):
@@ -81,7 +89,7 @@ class SymbolTable:
                 if section_bases is not None and base == 0:
                     continue  # section not loaded (e.g. discarded .init after module init)
                 symbols.append(Symbol(sym.name, base + sym["st_value"], sym["st_size"]))
-        return cls(symbols, sections, module)
+        return cls(symbols, sections, module, labels)
 
     def lookup(self, addr: int) -> Located | None:
         """The symbol containing ADDR (or the nearest one before it when sizes are zero)."""

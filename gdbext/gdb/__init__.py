@@ -6,9 +6,10 @@ register() adds the settings and commands; nothing touches the target at import 
 
 def register() -> None:
     from . import attach, session, settings
-    from .commands import kmem
+    from .commands import kmem, kmemleak
 
     settings.register()
     session.register_events()
     attach.register_events()
     kmem.register()
+    kmemleak.register()

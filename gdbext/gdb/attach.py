@@ -4,6 +4,7 @@ from __future__ import annotations
 import gdb
 
 from . import target
+from .kmemleak import KMEMLEAK
 from .modules import MODULES
 from .session import SESSION
 
@@ -18,6 +19,8 @@ def ensure_attached() -> None:
         return
     _attached = True
     MODULES.install()
+    if KMEMLEAK.enabled:
+        KMEMLEAK.install_hooks()
     if target.register("cr0") & CR0_PG:  # not before the kernel runs (QEMU started with -S)
         MODULES.load_all()
 

@@ -13,7 +13,6 @@ from .errors import KmemgdbError
 from .run import LAB_ERRORS, RunOptions, Step, run
 
 UNAVAILABLE = {
-    "kmemleak": "--kmemleak is not available yet: host-side kmemleak is tracked in issue 3",
     "kmemcheck": "--kmemcheck is not available yet: host-side kmemcheck is tracked in issue 4",
 }
 
@@ -118,6 +117,16 @@ def _dispatch(args) -> int:
     raise UsageError(f"unknown command {args.command}")
 
 
+def _print_leaks(section: dict) -> None:
+    from gdbext.core.leakreport import leak_from_json, render_report
+    from gdbext.core.render import Painter
+    leaks = [leak_from_json(item) for item in section["leaks"]]
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    print(render_report(leaks, Painter(color), section["notes"]))
+    print(f"kmemleak: {section['objects']} objects scanned in {section['scan_seconds'] * 1000:.0f} ms"
+          + (f", {section['suppressed']} suppressed" if section["suppressed"] else ""))
+
+
 def _resolve_module(path: Path) -> Path:
     """A .ko path, or the name of a module of the guest kernel build (`kmemleak-test`)."""
     if path.is_file() and path.suffix == ".ko":
@@ -131,8 +140,6 @@ def _resolve_module(path: Path) -> Path:
 
 
 def _run(args) -> int:
-    if args.kmemleak:
-        raise UsageError(UNAVAILABLE["kmemleak"])
     if args.kmemcheck:
         raise UsageError(UNAVAILABLE["kmemcheck"])
     if args.timeout <= 0:
@@ -146,7 +153,8 @@ def _run(args) -> int:
     options = RunOptions(steps=getattr(args, "steps", None) or [],
                          modules=modules,
                          json_path=args.json, timeout=args.timeout,
-                         reference_kmemleak=args.reference_kmemleak, memory_mib=args.memory,
+                         reference_kmemleak=args.reference_kmemleak, kmemleak=args.kmemleak,
+                         memory_mib=args.memory,
                          smp=args.smp, append=args.append, workdir=args.workdir)
     doc, status = run(options)
     for step in doc["steps"]:
@@ -154,6 +162,8 @@ def _run(args) -> int:
               f"  (exit {step['exit_status']})")
         if step["output"]:
             print(step["output"].rstrip("\n"))
+    if doc["kmemleak"]["enabled"]:
+        _print_leaks(doc["kmemleak"])
     if "reference_kmemleak" in doc:
         print(f"in-kernel kmemleak: {len(doc['reference_kmemleak']['leaks'])} unreferenced object(s)")
     if args.json:

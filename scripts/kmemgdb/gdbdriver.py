@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import pexpect
@@ -74,9 +75,22 @@ class GdbSession:
         self.proc.expect_exact("Continuing.", timeout=self.timeout)
 
     def interrupt(self, timeout: float | None = None) -> str:
-        """Stop the running guest (Ctrl-C at the gdb terminal) and wait for the prompt."""
-        self.proc.sendintr()
-        return self._expect_prompt(timeout)
+        """Stop the running guest (Ctrl-C at the gdb terminal) and wait for the prompt.
+
+        A Ctrl-C that lands while gdb is still resuming the target is swallowed, so it is
+        repeated until the prompt comes back."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            self.proc.sendintr()
+            try:
+                self.proc.expect_exact(PROMPT, timeout=min(5, max(deadline - time.monotonic(), 0.1)))
+                return self.proc.before.replace("\r", "")
+            except pexpect.TIMEOUT:
+                if time.monotonic() >= deadline:
+                    raise GdbError("gdb did not stop the guest; last output:\n"
+                                   f"{self.proc.before[-2000:]}") from None
+            except pexpect.EOF:
+                raise GdbError(f"gdb exited; last output:\n{self.proc.before[-2000:]}") from None
 
     def wait_stop(self, timeout: float | None = None) -> str:
         """Wait for the running guest to stop by itself (a breakpoint) and return gdb's output."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class RunOptions:
     json_path: Path | None = None
     timeout: float = 600
     reference_kmemleak: bool = False
+    kmemleak: bool = False
     memory_mib: int = 256
     smp: int = 1
     append: list[str] = field(default_factory=list)
@@ -65,11 +67,15 @@ def run(options: RunOptions) -> tuple[dict, int]:
                      "kmemcheck": {"enabled": False, "reports": []}}
         try:
             with booted(lab_opts, workdir) as lab:
+                if options.kmemleak:
+                    doc["kmemleak"]["baseline"] = _kmemleak_baseline(lab, deadline)
                 _run_steps(lab, options.steps, doc, deadline)
                 if options.reference_kmemleak:
                     doc["reference_kmemleak"] = _reference_kmemleak(lab, deadline)
                 lab.gdb.interrupt(timeout=deadline.left())
                 doc["guest"] = _guest_info(lab)
+                if options.kmemleak:
+                    doc["kmemleak"].update(_kmemleak_report(lab, deadline))
                 if options.reference_kmemleak:
                     _symbolize_reference(lab, doc["reference_kmemleak"]["leaks"])
                 doc["console"] = lab.guest.console.text
@@ -101,6 +107,25 @@ def _run_steps(lab: Lab, steps: list[Step], doc: dict, deadline: Deadline) -> No
         if status != 0:
             raise KmemgdbError(f"guest {step.kind} {step.argument!r} failed with exit status "
                                f"{status}: {output.strip()[-500:]}")
+
+
+def _kmemleak_baseline(lab: Lab, deadline: Deadline) -> int:
+    """Scan once the guest is up and clear what boot left behind, as kernel developers do with
+    `echo clear > /sys/kernel/debug/kmemleak`: the report then holds what the steps leaked."""
+    lab.gdb.interrupt(timeout=deadline.left())
+    lab.gdb.checked("kmemleak scan", timeout=deadline.left())
+    out = lab.gdb.checked("kmemleak clear")
+    lab.gdb.cont()
+    m = re.search(r"(\d+) suspect", out)
+    return int(m.group(1)) if m else 0
+
+
+def _kmemleak_report(lab: Lab, deadline: Deadline) -> dict:
+    lab.gdb.checked("kmemleak scan", timeout=deadline.left())
+    report = json.loads(_last_json_line(lab.gdb.checked("kmemleak report --all --json")))
+    return {"enabled": True, "leaks": report["leaks"], "suppressed": report["suppressed"],
+            "objects": report["objects"], "scan_seconds": report["scan_seconds"],
+            "notes": report["notes"]}
 
 
 def _reference_kmemleak(lab: Lab, deadline: Deadline) -> dict:

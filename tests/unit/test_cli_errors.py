@@ -15,7 +15,7 @@ def kmemgdb(*args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "--kmemleak"], "issue 3"),
+
     (["run", "--kmemcheck", "all"], "issue 4"),
     (["run", "--insmod", "/nonexistent.ko"], "not a .ko file nor a module of the guest kernel"),
     (["run", "--timeout", "0"], "--timeout must be positive"),

@@ -86,6 +86,14 @@ class Heap:
     groups: list[tuple[SlabGroup, np.ndarray]]   # group and its live rows (heap indices)
     extra: dict[int, Extra] = field(default_factory=dict)   # by heap index
     errors: list[HeapError] = field(default_factory=list)
+    no_scan: np.ndarray | None = None     # bool: kmemleak_no_scan()
+
+    def __post_init__(self):
+        if self.no_scan is None:
+            self.no_scan = np.zeros(len(self.start), bool)
+
+    def scannable(self) -> np.ndarray:
+        return (self.min_count != MIN_COUNT_BLACK) & ~self.no_scan
 
     def __len__(self) -> int:
         return len(self.start)

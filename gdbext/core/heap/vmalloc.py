@@ -4,15 +4,15 @@ Areas from vmalloc() are objects the way kmemleak_vmalloc() registers them: min_
 vm_struct points at the area too) and surplus references to the vm_struct count for the area.
 Module areas are not leak candidates: the core area is kmemleak_not_leak() and scanned only in
 its writable part (kmemleak_load_module), the init area is kmemleak_ignore(). Per-CPU chunks are
-vmalloc areas holding per-CPU data: scanned, never reported.
+vmalloc areas too: neither objects nor roots here, their allocated parts are per-CPU roots.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..kernel import KernelLayout, ModuleInfo, container_entries
+from ..kernel import container_entries
 from .context import PAGE_SIZE, GuestContext
-from .model import MIN_COUNT_BLACK, MIN_COUNT_GRAY, VMALLOC, Extra, HeapBuilder
+from .model import VMALLOC, Extra, HeapBuilder
 
 # vm_struct.flags (include/linux/vmalloc.h, 6.1)
 VM_IOREMAP, VM_ALLOC, VM_UNINITIALIZED, VM_NO_GUARD = 0x1, 0x2, 0x20, 0x40
@@ -44,29 +44,15 @@ def vm_areas(ctx: GuestContext) -> list[VmArea]:
     return areas
 
 
-def module_scan_range(layout: KernelLayout, mod: ModuleInfo, ro_size: int) -> tuple[int, int]:
-    """The writable part of a module's core area: after text, rodata and ro_after_init
-    (struct module_layout ro_size, 6.1). .data..ro_after_init is writable at load, so kmemleak
-    scans it too: start at ro_size."""
-    return mod.base + ro_size, mod.base + mod.size
-
-
 def add_vmalloc_objects(ctx: GuestContext, builder: HeapBuilder, module_cores: set[int],
-                        module_inits: set[int]) -> list[VmArea]:
-    """Add vmalloc() areas as objects; returns the areas that are roots (per-CPU chunks)."""
-    roots = []
+                        module_inits: set[int]) -> None:
+    """Add vmalloc() areas as objects."""
     for area in vm_areas(ctx):
         if not area.flags & VM_ALLOC or area.flags & VM_UNINITIALIZED:
             continue
         if area.addr in module_cores or area.addr in module_inits:
             continue        # scanned as module roots / ignored, like kmemleak
         if (ctx.symbol_name(area.caller) or "") in PERCPU_CALLERS:
-            roots.append(area)
             continue
         builder.add_object(area.addr, area.size, VMALLOC, 2,
                            Extra(caller=area.caller, vm_struct=area.vm_struct))
-    return roots
-
-
-__all__ = ["VmArea", "vm_areas", "add_vmalloc_objects", "module_scan_range",
-           "MIN_COUNT_GRAY", "MIN_COUNT_BLACK"]

@@ -1,0 +1,278 @@
+"""`kmemleak`: the kernel's /sys/kernel/debug/kmemleak interface, run from the debugger."""
+from __future__ import annotations
+
+import json
+import shlex
+
+import gdb
+
+from ...core import leaks as L
+from ...core.leakreport import (SuppressionError, hex_dump, parse_suppressions, render_leak,
+                                render_report, suppression_for)
+from ...core.heap.model import KIND_NAMES
+from .. import target
+from ..kmemleak import KMEMLEAK
+from ..session import SESSION
+from .base import KmemCommand, address, parser, require_stopped_guest
+from .kmem import painter
+
+USAGE = """kmemleak                 show the current report (direct leaks, indirect ones counted)
+kmemleak scan            scan now (the guest must be stopped)
+kmemleak report [--all] [--new] [--json]
+kmemleak clear           mark every current suspect as reported: only new leaks show
+kmemleak mark | new      remember what is allocated now | report only leaks allocated since
+kmemleak dump=ADDR       what is known about the object containing ADDR
+kmemleak why ADDR        a shortest reference chain from a root to the object
+kmemleak stack=on|off    scan task stacks (default on)
+kmemleak age=on|off      apply the kernel's rule: unreferenced in two scans and older than 5 s
+kmemleak suppress FILE   load suppressions (function=GLOB module=NAME cache=GLOB per line)
+kmemleak suppressions [generate|clear]   list them, print entries matching the current
+                         report, or drop them all
+kmemleak on|off          install or remove the guest hooks (kmemleak_not_leak & co.)"""
+
+
+class KmemleakCommand(KmemCommand):
+    __doc__ = "Host-side kmemleak: find kernel memory leaks from the debugger.\n\n" + USAGE
+    NEEDS_STOPPED_GUEST = False
+
+    def __init__(self):
+        super().__init__("kmemleak")
+
+    def run(self, argv: list[str]) -> None:
+        if not argv:
+            return self.show([])
+        verb, _, value = argv[0].partition("=")
+        handler = {"scan": self.scan, "report": self.show, "clear": self.clear, "mark": self.mark,
+                   "new": lambda a: self.show(["--new"] + a), "dump": self.dump, "why": self.why,
+                   "stack": self.stack, "age": self.age, "suppress": self.suppress,
+                   "suppressions": self.suppressions, "on": self.on, "off": self.off}.get(verb)
+        if handler is None:
+            raise gdb.GdbError(f"kmemleak: unknown command {argv[0]!r} (see `help kmemleak`)")
+        args = ([value] if value else []) + argv[1:]
+        handler(args)
+
+    # -- scanning and reports ----------------------------------------------------------------
+    def scan(self, args) -> None:
+        _parse("kmemleak scan", args)
+        require_stopped_guest("kmemleak scan")
+        if not KMEMLEAK.enabled:
+            raise gdb.GdbError("kmemleak scan: kmemleak is off (`kmemleak on`)")
+        outcome = KMEMLEAK.scan()
+        leaks, suppressed = KMEMLEAK.state.filter(outcome.leaks)
+        direct = sum(1 for l in leaks if l.kind == "direct")
+        gdb.write(f"kmemleak: {len(outcome.snapshot.heap)} objects scanned in "
+                  f"{outcome.seconds * 1000:.0f} ms: {direct} suspected memory leak(s)"
+                  f"{f', {suppressed} suppressed' if suppressed else ''} (see `kmemleak`)\n")
+
+    def show(self, args) -> None:
+        p = _parser("kmemleak report")
+        p.add_argument("--all", action="store_true", help="list indirect leaks too")
+        p.add_argument("--new", action="store_true", help="only leaks allocated since the mark")
+        p.add_argument("--json", action="store_true")
+        opts = p.parse_args(args)
+        outcome = _last()
+        leaks, suppressed = KMEMLEAK.state.filter(outcome.leaks, since_mark=opts.new)
+        if opts.json:
+            gdb.write(json.dumps({"leaks": [l.to_json() for l in leaks], "suppressed": suppressed,
+                                  "objects": len(outcome.snapshot.heap), "notes": outcome.notes,
+                                  "scan_seconds": outcome.seconds}) + "\n")
+            return
+        paint = painter()
+        if opts.all:
+            text = "\n".join(render_leak(l, paint) for l in leaks)
+            gdb.write((text + "\n" if text else "") + f"kmemleak: {len(leaks)} leak(s)\n")
+        else:
+            gdb.write(render_report(leaks, paint, outcome.notes) + "\n")
+        if suppressed:
+            gdb.write(f"kmemleak: {suppressed} suppressed\n")
+
+    def clear(self, args) -> None:
+        _parse("kmemleak clear", args)
+        KMEMLEAK.state.clear(_last().leaks)
+        gdb.write(f"kmemleak: {len(_last().leaks)} suspect(s) marked as reported\n")
+
+    def mark(self, args) -> None:
+        _parse("kmemleak mark", args)
+        require_stopped_guest("kmemleak mark")
+        outcome = KMEMLEAK.scan()
+        from ..heapctx import guest_context
+        ctx = guest_context()
+        jiffies = ctx.vmem.u64(ctx.layout.sym("jiffies_64"))
+        KMEMLEAK.state.set_mark(KMEMLEAK.live_objects(), jiffies)
+        gdb.write(f"kmemleak: mark set at jiffies {jiffies} ({len(outcome.snapshot.heap)} live "
+                  "objects); `kmemleak new` reports leaks allocated after it\n")
+
+    # -- objects ------------------------------------------------------------------------------
+    def dump(self, args) -> None:
+        opts = _parse("kmemleak dump", args, ("addr",))
+        require_stopped_guest("kmemleak dump")
+        outcome = KMEMLEAK.last or KMEMLEAK.scan()
+        heap, res = outcome.snapshot.heap, outcome.result
+        i = heap.find(opts.addr)
+        if i is None:
+            raise gdb.GdbError(f"kmemleak dump: {opts.addr:#x} is not inside a heap object kmemleak "
+                               "tracks (slab object, large kmalloc or vmalloc area) at the last scan")
+        from ..heapctx import guest_context
+        ctx = guest_context()
+        from ...core import roots as R
+        comms = {pid: comm for _, pid, comm in R.tasks(ctx)}
+        from ..kmemleak import _jiffies_and_hz
+        jiffies, hz = _jiffies_and_hz(ctx)
+        leak = KMEMLEAK.describe(ctx, heap, i, jiffies, hz, comms, "-", None)
+        state = ("referenced" if res.gray[i] else
+                 "unreferenced (direct leak)" if res.direct[i] else "unreferenced (indirect leak)")
+        if heap.min_count[i] == 0:
+            state = "not a leak (kmemleak_not_leak or untrusted slab)"
+        elif heap.min_count[i] < 0:
+            state = "ignored (kmemleak_ignore)"
+        lines = [f"object {leak.address:#x} (size {leak.size}), {leak.object_kind}"
+                 + (f" from cache {leak.cache}" if leak.cache else ""),
+                 f"  offset of {opts.addr:#x}: {opts.addr - leak.address:#x}",
+                 f"  state at the last scan: {state}, {int(res.count[i])} reference(s)"]
+        if leak.pid is not None:
+            lines.append(f'  allocated by pid {leak.pid} ("{leak.comm or "?"}"), jiffies {leak.jiffies}'
+                         + (f", age {leak.age:.3f}s" if leak.age is not None else ""))
+        lines.append("  hex dump (first 32 bytes):")
+        lines += hex_dump(leak.hex)
+        lines.append("  allocation backtrace:")
+        lines += ["    " + f.render() for f in leak.backtrace] or ["    (not recorded)"]
+        refs = referrers(outcome, i)
+        lines.append(f"  referenced from ({len(refs)}):")
+        lines += ["    " + r for r in refs[:16]] or ["    nothing"]
+        gdb.write("\n".join(lines) + "\n")
+
+    def why(self, args) -> None:
+        opts = _parse("kmemleak why", args, ("addr",))
+        require_stopped_guest("kmemleak why")
+        outcome = KMEMLEAK.last or KMEMLEAK.scan()
+        heap, res = outcome.snapshot.heap, outcome.result
+        i = heap.find(opts.addr)
+        if i is None:
+            raise gdb.GdbError(f"kmemleak why: {opts.addr:#x} is not inside a tracked heap object")
+        if not res.gray[i]:
+            kind = "a direct leak" if res.direct[i] else "an indirect leak"
+            gdb.write(f"{describe_object(heap, i)} is unreferenced: {kind}"
+                      + ("" if res.direct[i] else
+                         f", reachable only from leaked {describe_object(heap, int(res.owner[i]))}")
+                      + "\n")
+            return
+        chain = reference_chain(outcome, i)
+        gdb.write("\n".join(chain) + "\n")
+
+    # -- options -----------------------------------------------------------------------------
+    def stack(self, args) -> None:
+        KMEMLEAK.stack_scan = _on_off("kmemleak stack", args)
+        gdb.write(f"kmemleak: task stacks {'are' if KMEMLEAK.stack_scan else 'are not'} scanned\n")
+
+    def age(self, args) -> None:
+        KMEMLEAK.state.age_rule = _on_off("kmemleak age", args)
+        gdb.write(f"kmemleak: age rule {'on' if KMEMLEAK.state.age_rule else 'off'}\n")
+
+    def suppress(self, args) -> None:
+        opts = _parse("kmemleak suppress", args, ("file",))
+        try:
+            with open(opts.file) as fh:
+                sups = parse_suppressions(fh.read(), opts.file)
+        except OSError as exc:
+            raise gdb.GdbError(f"kmemleak suppress: {exc.strerror}: {opts.file}") from None
+        except SuppressionError as exc:
+            raise gdb.GdbError(f"kmemleak suppress: {exc}") from None
+        KMEMLEAK.state.suppressions += sups
+        gdb.write(f"kmemleak: {len(sups)} suppression(s) loaded from {opts.file}\n")
+
+    def suppressions(self, args) -> None:
+        if args == ["clear"]:
+            KMEMLEAK.state.suppressions = []
+            gdb.write("kmemleak: suppressions cleared\n")
+            return
+        if args and args[0] == "generate":
+            leaks, _ = KMEMLEAK.state.filter(_last().leaks)
+            lines = {suppression_for(l).line() for l in leaks if l.kind == "direct"}
+            gdb.write("".join(f"{line}\n" for line in sorted(lines)))
+            return
+        _parse("kmemleak suppressions", args)
+        for s in KMEMLEAK.state.suppressions:
+            gdb.write(s.line() + "\n")
+        gdb.write(f"kmemleak: {len(KMEMLEAK.state.suppressions)} suppression(s)\n")
+
+    def on(self, args) -> None:
+        _parse("kmemleak on", args)
+        KMEMLEAK.enabled = True
+        if target.connected():
+            KMEMLEAK.install_hooks()
+        gdb.write("kmemleak: on\n")
+
+    def off(self, args) -> None:
+        _parse("kmemleak off", args)
+        KMEMLEAK.enabled = False
+        KMEMLEAK.remove_hooks()
+        gdb.write("kmemleak: off (guest hooks removed)\n")
+
+
+def describe_object(heap, i: int) -> str:
+    cache = heap.caches[heap.cache[i]].name if heap.cache[i] >= 0 else KIND_NAMES[int(heap.kind[i])]
+    return f"object {int(heap.start[i]):#x} ({cache}, size {int(heap.size[i])})"
+
+
+def referrers(outcome, i: int) -> list[str]:
+    """Who pointed at object I in the last scan (from its recorded first parent only when the
+    full edge list is not kept)."""
+    res, heap = outcome.result, outcome.snapshot.heap
+    p = int(res.parent[i])
+    if p == L.NO_PARENT:
+        return []
+    return [_referrer_text(outcome, p, int(res.parent_addr[i]))]
+
+
+def _referrer_text(outcome, parent: int, addr: int) -> str:
+    heap = outcome.snapshot.heap
+    if parent < L.NO_PARENT:
+        name = outcome.root_names[L.root_index(parent)]
+        located = SESSION.symbolizer().lookup(addr) if addr else None
+        return f"root {name}" + (f" at {addr:#x}" if addr else "") + (f" ({located})" if located else "")
+    off = addr - int(heap.start[parent]) if addr else 0
+    return f"{describe_object(heap, parent)}" + (f" at offset {off:#x}" if addr else " (surplus vm_struct reference)")
+
+
+def reference_chain(outcome, i: int) -> list[str]:
+    res, heap = outcome.result, outcome.snapshot.heap
+    lines = [describe_object(heap, i)]
+    seen = {i}
+    while True:
+        p = int(res.parent[i])
+        if p == L.NO_PARENT:
+            lines.append("  <- (min_count 0: always scanned, a root of its own)")
+            break
+        lines.append("  <- " + _referrer_text(outcome, p, int(res.parent_addr[i])))
+        if p < L.NO_PARENT or p in seen:
+            break
+        seen.add(p)
+        i = p
+    return lines
+
+
+def _last():
+    if KMEMLEAK.last is None:
+        raise gdb.GdbError("kmemleak: no scan yet: stop the guest and run `kmemleak scan`")
+    return KMEMLEAK.last
+
+
+def _parser(prog: str):
+    return parser(prog, prog)
+
+
+def _parse(prog: str, args: list[str], positional: tuple[str, ...] = ()):
+    p = _parser(prog)
+    for name in positional:
+        p.add_argument(name, type=address if name == "addr" else str)
+    return p.parse_args(args)
+
+
+def _on_off(prog: str, args: list[str]) -> bool:
+    if len(args) != 1 or args[0] not in ("on", "off"):
+        raise gdb.GdbError(f"{prog}: expected on or off, as in `{prog}=on`")
+    return args[0] == "on"
+
+
+def register() -> None:
+    KmemleakCommand()

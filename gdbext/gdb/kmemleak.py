@@ -1,0 +1,157 @@
+"""Host-side kmemleak in gdb: annotation hooks, scans, and the state between them."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import gdb
+import numpy as np
+
+from ..core import leaks as L
+from ..core import roots as R
+from ..core.heap.context import GuestContext
+from ..core.heap.model import KIND_NAMES, SLAB, VMALLOC, Heap, Track
+from ..core.heap.tracks import read_alloc_track, tracks_enabled
+from ..core.heap.walk import Snapshot, walk_heap
+from ..core.kernel import list_modules
+from ..core.percpu import first_chunk_area, percpu_roots
+from ..core.leakreport import Leak
+from ..core.leakstate import FREE_PART, IGNORE, NO_SCAN, NOT_LEAK, Annotations, LeakState
+from .heapctx import guest_context, vcpu_registers
+from .symbolize import frame_for
+
+ANNOTATIONS = {"kmemleak_not_leak": NOT_LEAK, "kmemleak_ignore": IGNORE,
+               "kmemleak_no_scan": NO_SCAN, "kmemleak_free_part": FREE_PART}
+
+
+class _AnnotationHook(gdb.Breakpoint):
+    """Silent breakpoint at a kmemleak_* entry: record (ptr) and let the guest go on.
+    These calls are rare (module loads, a few init paths), so the stops are too."""
+
+    def __init__(self, function: str, kind: str, annotations: Annotations):
+        super().__init__(f"*{function}", internal=True)
+        self.silent = True
+        self.kind = kind
+        self.annotations = annotations
+        self.hits = 0
+
+    def stop(self) -> bool:
+        frame = gdb.newest_frame()
+        self.hits += 1
+        self.annotations.record(self.kind, int(frame.read_register("rdi")) & (1 << 64) - 1,
+                                int(frame.read_register("rsi")) & (1 << 64) - 1)
+        return False
+
+
+@dataclass
+class ScanOutcome:
+    snapshot: Snapshot
+    result: L.ScanResult
+    root_names: list[str]
+    leaks: list[Leak]
+    seconds: float
+    has_tracks: bool
+    notes: list[str] = field(default_factory=list)
+
+
+class Kmemleak:
+    def __init__(self):
+        self.enabled = True
+        self.stack_scan = True
+        self.state = LeakState()
+        self.annotations = Annotations()
+        self.hooks: list[_AnnotationHook] = []
+        self.last: ScanOutcome | None = None
+
+    def install_hooks(self) -> None:
+        if self.hooks:
+            return
+        for function, kind in ANNOTATIONS.items():
+            try:
+                self.hooks.append(_AnnotationHook(function, kind, self.annotations))
+            except gdb.error:
+                pass       # kernels without CONFIG_DEBUG_KMEMLEAK inline these away
+
+    def remove_hooks(self) -> None:
+        for hook in self.hooks:
+            hook.delete()
+        self.hooks = []
+
+    # -- scanning ---------------------------------------------------------------------------
+    def scan(self) -> ScanOutcome:
+        start = time.perf_counter()
+        ctx = guest_context()
+        modules = list_modules(ctx.vmem, ctx.layout)
+        snap = walk_heap(ctx, modules)
+        heap = snap.heap
+        self.annotations.apply(heap)
+        R.settle_stacks(ctx, heap)
+        roots = (R.section_roots(ctx) + percpu_roots(ctx) + R.module_roots(ctx, modules)
+                 + R.reserved_roots(ctx, snap.memmap, [first_chunk_area(ctx)]))
+        if self.stack_scan:
+            roots += R.stack_roots(ctx)
+        pages = L.PageStructs(snap.memmap, R.page_struct_rows(ctx, snap.memmap))
+        result = L.scan(ctx, heap, roots, vcpu_registers(), pages)
+        has_tracks = any(tracks_enabled(c) for c in heap.caches)
+        leaks = self._leaks(ctx, heap, result)
+        seconds = time.perf_counter() - start
+        outcome = ScanOutcome(snap, result, L.root_names(roots), leaks, seconds, has_tracks)
+        if not has_tracks:
+            outcome.notes.append("no SLUB user tracking in this guest: boot it with slub_debug=U "
+                                 "for allocation backtraces, pid and age of slab objects")
+        outcome.notes += [f"heap walk: {e}" for e in heap.errors]
+        self.state.observe(leaks)
+        self.last = outcome
+        return outcome
+
+    def _leaks(self, ctx: GuestContext, heap: Heap, result: L.ScanResult) -> list[Leak]:
+        jiffies, hz = _jiffies_and_hz(ctx)
+        comms = {pid: comm for _, pid, comm in R.tasks(ctx)}
+        out = []
+        sizes = {}
+        for i in result.leaks.tolist():
+            owner = int(result.owner[i])
+            if not result.direct[i]:
+                n, b = sizes.get(owner, (0, 0))
+                sizes[owner] = (n + 1, b + int(heap.size[i]))
+            out.append(self.describe(ctx, heap, i, jiffies, hz, comms,
+                                     "direct" if result.direct[i] else "indirect",
+                                     None if result.direct[i] else int(heap.start[owner])))
+        for leak, i in zip(out, result.leaks.tolist()):
+            if leak.kind == "direct":
+                leak.indirect_count, leak.indirect_bytes = sizes.get(i, (0, 0))
+        return out
+
+    def describe(self, ctx, heap: Heap, i: int, jiffies: int, hz: int, comms: dict,
+                 kind: str, owner: int | None) -> Leak:
+        start, size = int(heap.start[i]), int(heap.size[i])
+        cache = heap.caches[heap.cache[i]] if heap.cache[i] >= 0 else None
+        leak = Leak(start, size, kind, KIND_NAMES[int(heap.kind[i])], cache.name if cache else None,
+                    ctx.vmem.read(start, min(32, size)), owner=owner)
+        extra = heap.extra.get(i)
+        track: Track | None = read_alloc_track(ctx, cache, start) if cache else None
+        if track:
+            leak.pid, leak.jiffies = track.pid, track.when
+            leak.comm = comms.get(track.pid)
+            leak.age = ((jiffies - track.when) & (1 << 64) - 1) / hz if hz else None
+            leak.backtrace = [frame_for(pc) for pc in (track.stack or [track.addr])]
+        elif extra and extra.caller:
+            leak.backtrace = [frame_for(extra.caller)]
+        return leak
+
+    def live_objects(self) -> set[tuple[int, int, str]]:
+        heap = self.last.snapshot.heap if self.last else None
+        if heap is None:
+            return set()
+        names = [heap.caches[c].name if c >= 0 else "" for c in heap.cache.tolist()]
+        return set(zip(heap.start.tolist(), heap.size.tolist(), names))
+
+
+def _jiffies_and_hz(ctx: GuestContext) -> tuple[int, int]:
+    lay = ctx.layout
+    tick_nsec = ctx.vmem.u64(lay.sym("tick_nsec")) if lay.has_sym("tick_nsec") else 0
+    hz = round(1e9 / tick_nsec) if tick_nsec else 0
+    return ctx.vmem.u64(lay.sym("jiffies_64")), hz
+
+
+KMEMLEAK = Kmemleak()

@@ -1,0 +1,124 @@
+"""Host-side kmemleak on the real guest through interactive gdb."""
+import json
+import re
+
+import pytest
+
+from .conftest import Stopped, no_python_errors
+
+ALLOC = re.compile(r"kmemleak: (kmalloc\((\d+)\)|vmalloc\(64\)|kzalloc\(sizeof\(\*elem\)\)) = ([0-9a-f]+)")
+
+
+def report(gdb, *flags) -> dict:
+    out = gdb.checked("kmemleak report --json " + " ".join(flags))
+    return json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
+
+
+def scan(gdb) -> str:
+    out = gdb.checked("kmemleak scan", timeout=120)
+    assert re.search(r"\d+ objects scanned in \d+ ms", out), out
+    return out
+
+
+def printed_allocations(console: str, since: int = 0) -> dict[int, str]:
+    """address -> what kmemleak-test.ko says it allocated there (its pr_info lines)."""
+    return {int(m.group(3), 16): m.group(1) for m in ALLOC.finditer(console[since:])}
+
+
+@pytest.fixture(scope="module")
+def cleared(lab):
+    """Boot leftovers cleared, as kernel developers do after boot."""
+    with Stopped(lab) as gdb:
+        scan(gdb)
+        gdb.checked("kmemleak clear")
+    return lab
+
+
+def test_no_false_positives_after_a_clean_module_and_a_workload(cleared):
+    lab = cleared
+    for command in ("insmod /modules/kmemgdb_hello.ko", "echo 1 > /sys/kernel/debug/kmemgdb_hello",
+                    "rmmod kmemgdb_hello", "ls -R /sys > /dev/null", "cat /proc/*/status > /dev/null",
+                    "for i in 1 2 3; do sleep 0.1 & done; wait", "mkdir -p /tmp/x && echo hi > /tmp/x/f && rm -r /tmp/x"):
+        _, status = lab.run(command, timeout=120)
+        assert status == 0, command
+    with Stopped(lab) as gdb:
+        scan(gdb)
+        leaks = report(gdb, "--all")["leaks"]
+        assert leaks == [], gdb.checked("kmemleak report --all")
+
+
+def leak_module(lab) -> None:
+    _, status = lab.run("insmod /modules/kmemleak-test.ko && rmmod kmemleak_test")
+    assert status == 0
+
+
+def test_why_dump_and_suppressions(cleared, tmp_path):
+    lab = cleared
+    leak_module(lab)
+    with Stopped(lab) as gdb:
+        scan(gdb)
+        leaks = report(gdb)["leaks"]
+        assert len(leaks) >= 10
+        addr = leaks[0]["address"]
+        assert "is unreferenced: a direct leak" in gdb.checked(f"kmemleak why {addr + 8:#x}")
+        dump = gdb.checked(f"kmemleak dump={addr + 4:#x}")
+        assert f"object {addr:#x}" in dump and "unreferenced (direct leak)" in dump
+        assert "hex dump" in dump and "offset of" in dump
+        sup = tmp_path / "sup.txt"
+        sup.write_text(gdb.checked("kmemleak suppressions generate"))
+        assert "cache=" in sup.read_text() or "module=" in sup.read_text()
+        assert "loaded" in gdb.checked(f"kmemleak suppress {sup}")
+        after = report(gdb, "--all")
+        assert after["leaks"] == [] and after["suppressed"] >= len(leaks)
+        gdb.checked("kmemleak suppressions clear")
+        assert len(report(gdb)["leaks"]) == len(leaks)
+        gdb.checked("kmemleak clear")
+        assert report(gdb, "--all")["leaks"] == []
+
+
+def test_mark_and_new(cleared):
+    lab = cleared
+    leak_module(lab)
+    with Stopped(lab) as gdb:
+        scan(gdb)
+        before = {l["address"] for l in report(gdb, "--all")["leaks"]}
+        assert before
+        assert "mark set" in gdb.checked("kmemleak mark")
+        assert report(gdb, "--new", "--all")["leaks"] == []
+    leak_module(lab)
+    with Stopped(lab) as gdb:
+        scan(gdb)
+        new = {l["address"] for l in report(gdb, "--new", "--all")["leaks"]}
+        everything = {l["address"] for l in report(gdb, "--all")["leaks"]}
+    assert new and not new & before and everything == new | before
+
+
+def test_why_of_a_referenced_object_ends_at_a_root(lab):
+    with Stopped(lab) as gdb:
+        scan(gdb)
+        task = gdb.checked("p/x (unsigned long)init_task.tasks.next").split("=")[1].strip()
+        out = gdb.checked(f"kmemleak why {task}")
+        assert re.search(r"<- root (\.data|\.bss|per-CPU|stack|boot-time)", out), out
+
+
+def test_options_and_bad_input(lab):
+    with Stopped(lab) as gdb:
+        for command, message in [
+            ("kmemleak stack=off", "are not scanned"), ("kmemleak stack=on", "are scanned"),
+            ("kmemleak age=on", "age rule on"), ("kmemleak age=off", "age rule off"),
+            ("kmemleak stack=maybe", "expected on or off"),
+            ("kmemleak frobnicate", "unknown command 'frobnicate'"),
+            ("kmemleak dump=0x1234", "not inside a heap object"),
+            ("kmemleak dump=&init_task", "not inside a heap object"),
+            ("kmemleak why", "the following arguments are required"),
+            ("kmemleak suppress /nonexistent/file", "No such file"),
+        ]:
+            out = gdb.cmd(command)
+            no_python_errors(out)
+            assert message in out, (command, out)
+        gdb.cmd("continue &")
+        out = gdb.cmd("kmemleak scan")
+        assert "the guest is running: interrupt it first" in out
+        gdb.proc.sendline("interrupt")
+        gdb.proc.expect("SIGINT")
+        gdb.cmd("")
