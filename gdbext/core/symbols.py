@@ -130,16 +130,27 @@ class Symbolizer:
     def __init__(self, kernel: SymbolTable):
         self.kernel = kernel
         self.modules: dict[str, tuple[list[tuple[int, int]], SymbolTable]] = {}
+        # Unloaded modules still name the code that allocated what they leaked; consulted only
+        # when no loaded module covers an address (a later module may reuse the range).
+        self.unloaded: list[tuple[list[tuple[int, int]], SymbolTable]] = []
 
     def add_module(self, name: str, ranges: list[tuple[int, int]], table: SymbolTable) -> None:
         """RANGES: the module's [start, end) areas (core and init layouts in 6.1)."""
         self.modules[name] = (ranges, table)
 
     def remove_module(self, name: str) -> None:
-        self.modules.pop(name, None)
+        entry = self.modules.pop(name, None)
+        if entry is not None:
+            self.unloaded.insert(0, entry)
+            del self.unloaded[16:]
 
     def lookup(self, addr: int) -> Located | None:
         for ranges, table in self.modules.values():
             if any(start <= addr < end for start, end in ranges):
                 return table.lookup(addr)
-        return self.kernel.lookup(addr)
+        located = self.kernel.lookup(addr)
+        if located is None:
+            for ranges, table in self.unloaded:
+                if any(start <= addr < end for start, end in ranges):
+                    return table.lookup(addr)
+        return located

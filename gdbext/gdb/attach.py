@@ -19,7 +19,7 @@ def ensure_attached() -> None:
         return
     _attached = True
     MODULES.install()
-    if KMEMLEAK.enabled:
+    if KMEMLEAK.enabled and KMEMLEAK.hooks_wanted:
         KMEMLEAK.install_hooks()
     if target.register("cr0") & CR0_PG:  # not before the kernel runs (QEMU started with -S)
         MODULES.load_all()

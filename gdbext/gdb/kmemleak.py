@@ -17,6 +17,7 @@ from ..core.kernel import list_modules
 from ..core.percpu import first_chunk_area, percpu_roots
 from ..core.leakreport import Leak
 from ..core.leakstate import FREE_PART, IGNORE, NO_SCAN, NOT_LEAK, Annotations, LeakState
+from . import target
 from .heapctx import guest_context, vcpu_registers
 from .symbolize import frame_for
 
@@ -38,6 +39,7 @@ class _AnnotationHook(gdb.Breakpoint):
     def stop(self) -> bool:
         frame = gdb.newest_frame()
         self.hits += 1
+        target.HOOK_STOPS[0] += 1
         self.annotations.record(self.kind, int(frame.read_register("rdi")) & (1 << 64) - 1,
                                 int(frame.read_register("rsi")) & (1 << 64) - 1)
         return False
@@ -57,6 +59,7 @@ class ScanOutcome:
 class Kmemleak:
     def __init__(self):
         self.enabled = True
+        self.hooks_wanted = True
         self.stack_scan = True
         self.state = LeakState()
         self.annotations = Annotations()

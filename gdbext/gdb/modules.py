@@ -13,7 +13,7 @@ import gdb
 
 from ..core.kernel import list_modules
 from ..core.symbols import SymbolTable
-from . import settings
+from . import settings, target
 from .session import SESSION
 
 
@@ -101,6 +101,7 @@ class _Hook(gdb.Breakpoint):
         self.action = action
 
     def stop(self) -> bool:
+        target.HOOK_STOPS[0] += 1
         try:
             self.action()
         except (gdb.error, OSError, ValueError) as exc:

@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     _guest_options(r)
     r.add_argument("--workdir", type=Path, help="keep console, gdb and QEMU logs here")
 
+    bench = sub.add_parser("bench", help="benchmarks that print ratios")
+    bench.add_argument("what", choices=["kmemleak"])
+    bench.add_argument("--runs", type=int, default=2)
+
     demo = sub.add_parser("demo", help="boot, attach gdb, show what the extension sees")
     _guest_options(demo)
     g = sub.add_parser("gdb", help="boot the guest and open an interactive gdb attached to it")
@@ -110,6 +114,9 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "run":
         return _run(args)
+    if args.command == "bench":
+        from .bench import bench_kmemleak
+        return bench_kmemleak(args.runs)
     if args.command == "demo":
         return demo.demo(args.memory, args.smp, args.append)
     if args.command == "gdb":

@@ -122,3 +122,31 @@ def test_options_and_bad_input(lab):
         gdb.proc.sendline("interrupt")
         gdb.proc.expect("SIGINT")
         gdb.cmd("")
+
+
+FIND_FREE_POINTER = """python
+from gdbext.gdb.heapctx import guest_context
+from gdbext.core.heap.slub import SlubWalker, read_caches
+ctx = guest_context(); mm = ctx.memmap(); w = SlubWalker(ctx, mm)
+caches = {c.address: c for c in read_caches(ctx)}
+for pfn in w.slab_pfns().tolist():
+    c = caches.get(int(mm[pfn, w.w_cache])); head = int(mm[pfn, w.w_freelist])
+    if c and head and not c.random and c.offset < c.object_size:
+        print("FREEPTR", hex(head + c.offset), hex(head), hex(ctx.u64(head + c.offset))); break
+end"""
+
+
+@pytest.mark.parametrize("bad", ["0xffff888000000008", "self"])
+def test_corrupted_freelist_is_reported_not_fatal(lab, bad):
+    with Stopped(lab) as gdb:
+        _, where, head, value = re.search(r"FREEPTR (\S+) (\S+) (\S+)",
+                                          gdb.checked(FIND_FREE_POINTER)).group(0).split()
+        garbage = head if bad == "self" else bad
+        gdb.checked(f"set *(unsigned long *){where} = {garbage}")
+        try:
+            out = scan(gdb)
+            assert "heap walk:" in out and ("loops" in out if bad == "self" else "is not an object" in out)
+            assert "heap walk" in gdb.checked("kmemleak")
+        finally:
+            gdb.checked(f"set *(unsigned long *){where} = {value}")
+        assert "heap walk" not in scan(gdb)

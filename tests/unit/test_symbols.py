@@ -34,8 +34,11 @@ def test_symbolizer_prefers_module_ranges():
     loc = s.lookup(0xFFFFFFFFA0000010)
     assert (str(loc), loc.module) == ("mfunc+0x10/0x40", "hello")
     assert s.lookup(0xFFFFFFFF81000001).module is None
-    s.remove_module("hello")
-    assert s.lookup(0xFFFFFFFFA0000010) is None
+    s.remove_module("hello")            # unloaded: still named, unless another module loads there
+    assert str(s.lookup(0xFFFFFFFFA0000010)) == "mfunc+0x10/0x40"
+    other = SymbolTable([Symbol("ofunc", 0xFFFFFFFFA0000000, 0x80)], [], module="other")
+    s.add_module("other", [(0xFFFFFFFFA0000000, 0xFFFFFFFFA0001000)], other)
+    assert s.lookup(0xFFFFFFFFA0000010).module == "other"
 
 
 def test_from_elf_with_section_bases(tmp_path):
