@@ -67,6 +67,8 @@ class Guest:
 
     def _start_once(self) -> bool:
         argv = qemu_argv(self.spec, self.port, self.ram_path, self.paused, self.kvm)
+        if os.environ.get("KMEMGDB_QEMU_DEBUG"):   # CPU resets (triple faults) and guest errors
+            argv += ["-d", "cpu_reset,guest_errors", "-D", str(self.workdir / "qemu-debug.log")]
         self.argv = argv
         self._stderr = open(self.workdir / "qemu-stderr.log", "w+")
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

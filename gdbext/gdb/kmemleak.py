@@ -1,6 +1,7 @@
 """Host-side kmemleak in gdb: annotation hooks, scans, and the state between them."""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -157,4 +158,68 @@ def _jiffies_and_hz(ctx: GuestContext) -> tuple[int, int]:
     return ctx.vmem.u64(lay.sym("jiffies_64")), hz
 
 
+class PeriodicScan:
+    """`kmemleak scan=SECS`: every SECS seconds of a running guest, interrupt it, scan, and let it
+    go on. A timer thread may only post events to gdb's main loop; the scan runs in the stop
+    event and the resume is posted again, so the user's own Ctrl-C stops stay theirs."""
+
+    def __init__(self, service: Kmemleak):
+        self.service = service
+        self.interval = 0.0
+        self.timer: threading.Timer | None = None
+        self.pending = False
+        self.count = 0
+        gdb.events.stop.connect(self._on_stop)
+
+    def start(self, seconds: float) -> None:
+        self.stop()
+        self.interval = seconds
+        self._arm()
+
+    def stop(self) -> None:
+        self.interval = 0.0
+        if self.timer:
+            self.timer.cancel()
+            self.timer = None
+
+    def _arm(self) -> None:
+        if self.interval > 0:
+            self.timer = threading.Timer(self.interval, lambda: gdb.post_event(self._due))
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _due(self) -> None:
+        if self.interval <= 0:
+            return
+        if target.connected() and not target.stopped():
+            self.pending = True
+            gdb.execute("interrupt", to_string=True)
+        else:
+            self._arm()          # the guest is stopped by the user: try again later
+
+    def _on_stop(self, _event) -> None:
+        if not self.pending:
+            return
+        self.pending = False
+        self.count += 1
+        try:
+            outcome = self.service.scan()
+            leaks, _ = self.service.state.filter(outcome.leaks)
+            direct = sum(1 for l in leaks if l.kind == "direct")
+            gdb.write(f"kmemleak: periodic scan {self.count}: {direct} suspected memory leak(s) "
+                      f"in {outcome.seconds * 1000:.0f} ms (see `kmemleak`)\n")
+        except Exception as exc:     # a failed scan must not leave the guest stopped
+            gdb.write(f"kmemleak: periodic scan failed: {exc}\n")
+        gdb.post_event(lambda: gdb.execute("continue"))
+        self._arm()
+
+
 KMEMLEAK = Kmemleak()
+PERIODIC: PeriodicScan | None = None
+
+
+def periodic() -> PeriodicScan:
+    global PERIODIC
+    if PERIODIC is None:
+        PERIODIC = PeriodicScan(KMEMLEAK)
+    return PERIODIC

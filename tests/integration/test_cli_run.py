@@ -57,7 +57,7 @@ def test_timeout_is_exit_2():
     res = kmemgdb("run", "--exec", "sleep 100", "--timeout", "8")
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
-    assert "guest exec 'sleep 100' did not finish: run timed out after 8 s" in res.stderr
+    assert "run timed out after 8 s" in res.stderr   # during boot or during the step
 
 
 def _children(pid: int) -> list[int]:

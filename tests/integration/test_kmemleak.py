@@ -1,6 +1,7 @@
 """Host-side kmemleak on the real guest through interactive gdb."""
 import json
 import re
+import time
 
 import pytest
 
@@ -124,20 +125,30 @@ def test_options_and_bad_input(lab):
         gdb.cmd("")
 
 
+# The first free object of kmemgdb_hello_cache, on its slab's or its CPU's freelist (a cache
+# only the test module uses, so corrupting it for a moment endangers nothing else).
 FIND_FREE_POINTER = """python
 from gdbext.gdb.heapctx import guest_context
 from gdbext.core.heap.slub import SlubWalker, read_caches
 ctx = guest_context(); mm = ctx.memmap(); w = SlubWalker(ctx, mm)
-caches = {c.address: c for c in read_caches(ctx)}
-for pfn in w.slab_pfns().tolist():
-    c = caches.get(int(mm[pfn, w.w_cache])); head = int(mm[pfn, w.w_freelist])
-    if c and head and not c.random and c.offset < c.object_size:
-        print("FREEPTR", hex(head + c.offset), hex(head), hex(ctx.u64(head + c.offset))); break
+cache = [c for c in read_caches(ctx) if c.name == "kmemgdb_hello_cache"][0]
+heads = [int(mm[p, w.w_freelist]) for p in w.slab_pfns().tolist() if int(mm[p, w.w_cache]) == cache.address]
+heads += [h for s, h in w.cpu_freelists([cache]).items()]
+head = [h for h in heads if h][0]
+print("FREEPTR", hex(head + cache.offset), hex(head), hex(ctx.u64(head + cache.offset)))
 end"""
 
 
+@pytest.fixture
+def hello_loaded(lab):
+    _, status = lab.run("insmod /modules/kmemgdb_hello.ko")
+    assert status == 0
+    yield
+    lab.run("rmmod kmemgdb_hello")
+
+
 @pytest.mark.parametrize("bad", ["0xffff888000000008", "self"])
-def test_corrupted_freelist_is_reported_not_fatal(lab, bad):
+def test_corrupted_freelist_is_reported_not_fatal(lab, hello_loaded, bad):
     with Stopped(lab) as gdb:
         _, where, head, value = re.search(r"FREEPTR (\S+) (\S+) (\S+)",
                                           gdb.checked(FIND_FREE_POINTER)).group(0).split()
@@ -150,3 +161,34 @@ def test_corrupted_freelist_is_reported_not_fatal(lab, bad):
         finally:
             gdb.checked(f"set *(unsigned long *){where} = {value}")
         assert "heap walk" not in scan(gdb)
+
+
+def settle_stopped(gdb) -> None:
+    """Get the guest stopped at a prompt that answers, whatever periodic scans left running."""
+    for k in range(20):
+        gdb.proc.sendline("interrupt")
+        time.sleep(0.5)
+        gdb.proc.sendline("kmem info")
+        gdb.proc.sendline(f"echo SETTLED-{k}\\n")
+        gdb.proc.expect(f"SETTLED-{k}", timeout=30)
+        answered = "kernel release" in gdb.proc.before
+        gdb.proc.expect_exact("(kmemgdb) ", timeout=30)
+        if answered:
+            return
+    raise AssertionError("the guest did not stop")
+
+
+def test_periodic_scans_interrupt_scan_and_resume(lab):
+    gdb = lab.gdb
+    gdb.interrupt()
+    assert "every 1 s" in gdb.checked("kmemleak scan=1")
+    assert "expected scan=on" in gdb.cmd("kmemleak scan=soon")
+    gdb.cont()
+    out, status = lab.run("sleep 4; echo slept", timeout=60)
+    assert status == 0 and "slept" in out          # the guest kept running across the scans
+    gdb.proc.expect(r"periodic scan (\d+): \d+ suspected memory leak", timeout=30)
+    gdb.proc.sendline("kmemleak scan=off")
+    gdb.proc.expect("periodic scans off", timeout=30)
+    time.sleep(1.5)
+    settle_stopped(gdb)
+    gdb.cont()

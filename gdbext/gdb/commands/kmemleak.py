@@ -11,13 +11,17 @@ from ...core.leakreport import (SuppressionError, hex_dump, parse_suppressions, 
                                 render_report, suppression_for)
 from ...core.heap.model import KIND_NAMES
 from .. import target
-from ..kmemleak import KMEMLEAK
+from ..kmemleak import KMEMLEAK, periodic
 from ..session import SESSION
 from .base import KmemCommand, address, parser, require_stopped_guest
 from .kmem import painter
 
 USAGE = """kmemleak                 show the current report (direct leaks, indirect ones counted)
 kmemleak scan            scan now (the guest must be stopped)
+kmemleak scan=on|off|SECS  periodic scans while the guest runs: interrupt, scan, resume
+                         (on: every 600 s, as the kernel's kmemleak thread). After the first
+                         one gdb keeps its prompt while the guest runs, as with `continue &`:
+                         stop the guest with `interrupt`.
 kmemleak report [--all] [--new] [--json]
 kmemleak clear           mark every current suspect as reported: only new leaks show
 kmemleak mark | new      remember what is allocated now | report only leaks allocated since
@@ -57,6 +61,8 @@ class KmemleakCommand(KmemCommand):
 
     # -- scanning and reports ----------------------------------------------------------------
     def scan(self, args) -> None:
+        if args:
+            return self.periodic(args)
         _parse("kmemleak scan", args)
         require_stopped_guest("kmemleak scan")
         if not KMEMLEAK.enabled:
@@ -69,6 +75,22 @@ class KmemleakCommand(KmemCommand):
                   f"{f', {suppressed} suppressed' if suppressed else ''} (see `kmemleak`)\n")
         for error in outcome.snapshot.heap.errors:
             gdb.write(f"kmemleak: heap walk: {error} (its objects are never reported)\n")
+
+    def periodic(self, args) -> None:
+        """scan=on (every 600 s, the kernel's default), scan=off, scan=SECS."""
+        value = args[0] if len(args) == 1 else ""
+        if value == "off":
+            periodic().stop()
+            gdb.write("kmemleak: periodic scans off\n")
+            return
+        try:
+            seconds = 600.0 if value == "on" else float(value)
+        except ValueError:
+            seconds = 0.0
+        if not seconds > 0:
+            raise gdb.GdbError("kmemleak scan: expected scan=on, scan=off or scan=SECONDS")
+        periodic().start(seconds)
+        gdb.write(f"kmemleak: the running guest is interrupted and scanned every {seconds:g} s\n")
 
     def show(self, args) -> None:
         p = _parser("kmemleak report")
@@ -221,6 +243,7 @@ class KmemleakCommand(KmemCommand):
         _parse("kmemleak off", args)
         KMEMLEAK.enabled = False
         KMEMLEAK.remove_hooks()
+        periodic().stop()
         gdb.write("kmemleak: off (guest hooks removed)\n")
 
 

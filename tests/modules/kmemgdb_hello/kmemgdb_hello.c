@@ -7,8 +7,16 @@
 #include <linux/debugfs.h>
 #include <linux/fs.h>
 #include <linux/module.h>
+#include <linux/slab.h>
 
 static struct dentry *kmemgdb_hello_file, *kmemgdb_hello_bug_file;
+
+/*
+ * A cache of its own with a non-empty freelist (two objects freed, two kept), so tests can
+ * corrupt a freelist that no other kernel code allocates from.
+ */
+static struct kmem_cache *kmemgdb_hello_cache;
+static void *kmemgdb_hello_kept[2];
 /* A whole page of its own, so hiding it hides nothing else (struct module sits in .data). */
 unsigned long kmemgdb_hello_counter[PAGE_SIZE / sizeof(unsigned long)] __aligned(PAGE_SIZE) = { 1 };
 
@@ -45,6 +53,17 @@ static const struct file_operations kmemgdb_hello_bug_fops = {
 
 static int __init kmemgdb_hello_init(void)
 {
+	void *freed[2];
+
+	kmemgdb_hello_cache = kmem_cache_create("kmemgdb_hello_cache", 96, 0, 0, NULL);
+	if (!kmemgdb_hello_cache)
+		return -ENOMEM;
+	kmemgdb_hello_kept[0] = kmem_cache_alloc(kmemgdb_hello_cache, GFP_KERNEL);
+	freed[0] = kmem_cache_alloc(kmemgdb_hello_cache, GFP_KERNEL);
+	kmemgdb_hello_kept[1] = kmem_cache_alloc(kmemgdb_hello_cache, GFP_KERNEL);
+	freed[1] = kmem_cache_alloc(kmemgdb_hello_cache, GFP_KERNEL);
+	kmem_cache_free(kmemgdb_hello_cache, freed[0]);
+	kmem_cache_free(kmemgdb_hello_cache, freed[1]);
 	kmemgdb_hello_file = debugfs_create_file("kmemgdb_hello", 0200, NULL, NULL,
 						 &kmemgdb_hello_fops);
 	kmemgdb_hello_bug_file = debugfs_create_file("kmemgdb_hello_bug", 0200, NULL, NULL,
@@ -57,6 +76,9 @@ static void __exit kmemgdb_hello_exit(void)
 {
 	debugfs_remove(kmemgdb_hello_bug_file);
 	debugfs_remove(kmemgdb_hello_file);
+	kmem_cache_free(kmemgdb_hello_cache, kmemgdb_hello_kept[0]);
+	kmem_cache_free(kmemgdb_hello_cache, kmemgdb_hello_kept[1]);
+	kmem_cache_destroy(kmemgdb_hello_cache);
 }
 
 module_init(kmemgdb_hello_init);
