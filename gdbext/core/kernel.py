@@ -42,34 +42,37 @@ class KernelLayout:
     lookup_constant: Callable[[str], int] | None = None
 
     def sym(self, name: str) -> int:
-        if name not in self.symbols and self.lookup_symbol:
-            addr = self.lookup_symbol(name)
-            if addr is not None:
-                self.symbols[name] = addr
-        if name not in self.symbols:
-            raise KernelModelError(f"the guest kernel has no symbol {name}")
-        return self.symbols[name]
+        return self._get(self.symbols, self.lookup_symbol, name, "symbol")
+
+    def const(self, name: str) -> int:
+        return self._get(self.constants, self.lookup_constant, name, "constant")
+
+    def off(self, path: str) -> int:
+        return self._get(self.offsets, self.lookup_offset, path, "member")
 
     def has_sym(self, name: str) -> bool:
+        return self._has(self.sym, name)
+
+    def has_member(self, path: str) -> bool:
+        return self._has(self.off, path)
+
+    @staticmethod
+    def _get(table: dict, lookup, key: str, what: str) -> int:
+        if key not in table and lookup:
+            value = lookup(key)
+            if value is not None:
+                table[key] = value
+        if key not in table:
+            raise KernelModelError(f"the guest kernel has no {what} {key}")
+        return table[key]
+
+    @staticmethod
+    def _has(getter, key: str) -> bool:
         try:
-            self.sym(name)
+            getter(key)
         except KernelModelError:
             return False
         return True
-
-    def const(self, name: str) -> int:
-        if name not in self.constants and self.lookup_constant:
-            self.constants[name] = self.lookup_constant(name)
-        if name not in self.constants:
-            raise KernelModelError(f"the guest kernel has no constant {name}")
-        return self.constants[name]
-
-    def off(self, path: str) -> int:
-        if path not in self.offsets and self.lookup_offset:
-            self.offsets[path] = self.lookup_offset(path)
-        if path not in self.offsets:
-            raise KernelModelError(f"the guest kernel has no member {path}")
-        return self.offsets[path]
 
 
 def list_for_each(mem: VirtualMemory, head: int, limit: int = LIST_LIMIT) -> Iterator[int]:

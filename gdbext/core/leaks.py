@@ -158,6 +158,14 @@ class ScanResult:
     direct: np.ndarray        # bool per object: a direct leak
     owner: np.ndarray         # int64 per object: the direct leak an indirect one hangs from
     roots: list[Root] = field(default_factory=list)
+    edges: Edges | None = None    # every reference found, for `dump`
+
+    def referrers(self, i: int) -> list[tuple[int, int]]:
+        """(source, address of the word) of every reference to object I."""
+        if self.edges is None:
+            return []
+        hit = np.nonzero(self.edges.tgt == i)[0]
+        return [(int(self.edges.src[k]), int(self.edges.addr[k])) for k in hit.tolist()]
 
 
 def propagate(heap: Heap, edges: Edges, excess: list[tuple[int, int]]) -> tuple[np.ndarray, ...]:
@@ -266,4 +274,4 @@ def scan(ctx: GuestContext, heap: Heap, roots: list[Root], registers: list[int],
                 excess.append((j, i))
     gray, count, parent, parent_addr, obj_edges = propagate(heap, edges, excess)
     leaks, direct, owner = classify(heap, gray, obj_edges)
-    return ScanResult(gray, count, parent, parent_addr, leaks, direct, owner, roots)
+    return ScanResult(gray, count, parent, parent_addr, leaks, direct, owner, roots, edges)

@@ -6,12 +6,11 @@ import time
 from dataclasses import dataclass, field
 
 import gdb
-import numpy as np
 
 from ..core import leaks as L
 from ..core import roots as R
 from ..core.heap.context import GuestContext
-from ..core.heap.model import KIND_NAMES, SLAB, VMALLOC, Heap, Track
+from ..core.heap.model import KIND_NAMES, Heap, Track
 from ..core.heap.tracks import read_alloc_track, tracks_enabled
 from ..core.heap.walk import Snapshot, walk_heap
 from ..core.kernel import list_modules
@@ -109,8 +108,7 @@ class Kmemleak:
         return outcome
 
     def _leaks(self, ctx: GuestContext, heap: Heap, result: L.ScanResult) -> list[Leak]:
-        jiffies, hz = _jiffies_and_hz(ctx)
-        comms = {pid: comm for _, pid, comm in R.tasks(ctx)}
+        describe = Describer(ctx, heap)
         out = []
         sizes = {}
         for i in result.leaks.tolist():
@@ -118,30 +116,12 @@ class Kmemleak:
             if not result.direct[i]:
                 n, b = sizes.get(owner, (0, 0))
                 sizes[owner] = (n + 1, b + int(heap.size[i]))
-            out.append(self.describe(ctx, heap, i, jiffies, hz, comms,
-                                     "direct" if result.direct[i] else "indirect",
-                                     None if result.direct[i] else int(heap.start[owner])))
+            out.append(describe(i, "direct" if result.direct[i] else "indirect",
+                                None if result.direct[i] else int(heap.start[owner])))
         for leak, i in zip(out, result.leaks.tolist()):
             if leak.kind == "direct":
                 leak.indirect_count, leak.indirect_bytes = sizes.get(i, (0, 0))
         return out
-
-    def describe(self, ctx, heap: Heap, i: int, jiffies: int, hz: int, comms: dict,
-                 kind: str, owner: int | None) -> Leak:
-        start, size = int(heap.start[i]), int(heap.size[i])
-        cache = heap.caches[heap.cache[i]] if heap.cache[i] >= 0 else None
-        leak = Leak(start, size, kind, KIND_NAMES[int(heap.kind[i])], cache.name if cache else None,
-                    ctx.vmem.read(start, min(32, size)), owner=owner)
-        extra = heap.extra.get(i)
-        track: Track | None = read_alloc_track(ctx, cache, start) if cache else None
-        if track:
-            leak.pid, leak.jiffies = track.pid, track.when
-            leak.comm = comms.get(track.pid)
-            leak.age = ((jiffies - track.when) & (1 << 64) - 1) / hz if hz else None
-            leak.backtrace = [frame_for(pc) for pc in (track.stack or [track.addr])]
-        elif extra and extra.caller:
-            leak.backtrace = [frame_for(extra.caller)]
-        return leak
 
     def live_objects(self) -> set[tuple[int, int, str]]:
         heap = self.last.snapshot.heap if self.last else None
@@ -151,11 +131,37 @@ class Kmemleak:
         return set(zip(heap.start.tolist(), heap.size.tolist(), names))
 
 
-def _jiffies_and_hz(ctx: GuestContext) -> tuple[int, int]:
-    lay = ctx.layout
-    tick_nsec = ctx.vmem.u64(lay.sym("tick_nsec")) if lay.has_sym("tick_nsec") else 0
-    hz = round(1e9 / tick_nsec) if tick_nsec else 0
-    return ctx.vmem.u64(lay.sym("jiffies_64")), hz
+def jiffies_now(ctx: GuestContext) -> int:
+    return ctx.vmem.u64(ctx.layout.sym("jiffies_64"))
+
+
+class Describer:
+    """Turns heap rows into Leak records: contents, allocation track, backtrace, task."""
+
+    def __init__(self, ctx: GuestContext, heap: Heap):
+        self.ctx, self.heap = ctx, heap
+        self.jiffies = jiffies_now(ctx)
+        lay = ctx.layout
+        tick_nsec = ctx.vmem.u64(lay.sym("tick_nsec")) if lay.has_sym("tick_nsec") else 0
+        self.hz = round(1e9 / tick_nsec) if tick_nsec else 0     # tick_nsec = NSEC_PER_SEC / HZ
+        self.comms = {pid: comm for _, pid, comm in R.tasks(ctx)}
+
+    def __call__(self, i: int, kind: str, owner: int | None) -> Leak:
+        heap, ctx = self.heap, self.ctx
+        start, size = int(heap.start[i]), int(heap.size[i])
+        cache = heap.caches[heap.cache[i]] if heap.cache[i] >= 0 else None
+        leak = Leak(start, size, kind, KIND_NAMES[int(heap.kind[i])], cache.name if cache else None,
+                    ctx.vmem.read(start, min(32, size)), owner=owner)
+        extra = heap.extra.get(i)
+        track: Track | None = read_alloc_track(ctx, cache, start) if cache else None
+        if track:
+            leak.pid, leak.jiffies = track.pid, track.when
+            leak.comm = self.comms.get(track.pid)
+            leak.age = ((self.jiffies - track.when) & (1 << 64) - 1) / self.hz if self.hz else None
+            leak.backtrace = [frame_for(pc) for pc in (track.stack or [track.addr])]
+        elif extra and extra.caller:
+            leak.backtrace = [frame_for(extra.caller)]
+        return leak
 
 
 class PeriodicScan:

@@ -49,6 +49,27 @@ class Stopped:
         self.lab.gdb.cont()
 
 
+def expect_errors(gdb, cases: list[tuple[str, str]], one_line: bool = True) -> None:
+    """Each command prints its expected message, on one line, with no Python traceback."""
+    for command, message in cases:
+        out = gdb.cmd(command)
+        no_python_errors(out)
+        assert message in out, (command, out)
+        if one_line:
+            assert len(out.strip().splitlines()) == 1, (command, out)
+
+
+def refused_while_running(gdb, command: str) -> None:
+    """COMMAND, typed while the guest runs in the background, asks to interrupt it first."""
+    gdb.cmd("continue &")            # background execution: the prompt is back, guest runs
+    out = gdb.cmd(command)
+    no_python_errors(out)
+    assert "the guest is running: interrupt it first" in out
+    gdb.proc.sendline("interrupt")
+    gdb.proc.expect("SIGINT")
+    gdb.cmd("")                       # settle at the prompt with the guest stopped
+
+
 def no_python_errors(output: str) -> None:
     assert "Traceback" not in output and "Python Exception" not in output, output
 

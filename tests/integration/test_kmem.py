@@ -1,7 +1,7 @@
 """`kmem info`, `kmem vtop` and `kmem pte` against what the guest itself reports."""
 import re
 
-from .conftest import Stopped, field, no_python_errors
+from .conftest import Stopped, expect_errors, field, refused_while_running
 
 
 def test_info_matches_the_guest(lab):
@@ -80,7 +80,7 @@ def test_hidden_page_faults_and_showing_it_lets_the_guest_continue(lab):
 
 def test_bad_input_gives_one_line_errors(lab):
     with Stopped(lab) as gdb:
-        for command, message in [
+        expect_errors(gdb, [
             ("kmem vtop 0x1234", "0x1234 is not mapped"),
             ("kmem vtop no_such_symbol", "cannot evaluate 'no_such_symbol'"),
             ("kmem vtop 0x0000800000000000", "not a canonical"),
@@ -89,22 +89,12 @@ def test_bad_input_gives_one_line_errors(lab):
             ("kmem frobnicate", "unknown subcommand 'frobnicate'"),
             ("kmem pte hide _text", "mapped by a 2 MiB page"),
             ("kmem pte show &init_uts_ns", "was not hidden by kmemgdb"),
-        ]:
-            out = gdb.cmd(command)
-            no_python_errors(out)
-            assert message in out, (command, out)
-            assert len(out.strip().splitlines()) == 1, (command, out)
+        ])
 
 
 def test_commands_refuse_a_running_guest(lab):
     with Stopped(lab) as gdb:
-        gdb.cmd("continue &")            # background execution: the prompt is back, guest runs
-        out = gdb.cmd("kmem info")
-        no_python_errors(out)
-        assert "the guest is running: interrupt it first" in out
-        gdb.proc.sendline("interrupt")
-        gdb.proc.expect("SIGINT")
-        gdb.cmd("")                       # settle at the prompt with the guest stopped
+        refused_while_running(gdb, "kmem info")
         assert "kernel release" in gdb.checked("kmem info")
 
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from .conftest import Stopped, no_python_errors
+from .conftest import Stopped, expect_errors, refused_while_running
 
 ALLOC = re.compile(r"kmemleak: (kmalloc\((\d+)\)|vmalloc\(64\)|kzalloc\(sizeof\(\*elem\)\)) = ([0-9a-f]+)")
 
@@ -26,12 +26,16 @@ def printed_allocations(console: str, since: int = 0) -> dict[int, str]:
     return {int(m.group(3), 16): m.group(1) for m in ALLOC.finditer(console[since:])}
 
 
-@pytest.fixture(scope="module")
-def cleared(lab):
+def scan_and_clear(lab) -> None:
     """Boot leftovers cleared, as kernel developers do after boot."""
     with Stopped(lab) as gdb:
         scan(gdb)
         gdb.checked("kmemleak clear")
+
+
+@pytest.fixture(scope="module")
+def cleared(lab):
+    scan_and_clear(lab)
     return lab
 
 
@@ -104,7 +108,7 @@ def test_why_of_a_referenced_object_ends_at_a_root(lab):
 
 def test_options_and_bad_input(lab):
     with Stopped(lab) as gdb:
-        for command, message in [
+        expect_errors(gdb, [
             ("kmemleak stack=off", "are not scanned"), ("kmemleak stack=on", "are scanned"),
             ("kmemleak age=on", "age rule on"), ("kmemleak age=off", "age rule off"),
             ("kmemleak stack=maybe", "expected on or off"),
@@ -113,16 +117,8 @@ def test_options_and_bad_input(lab):
             ("kmemleak dump=&init_task", "not inside a heap object"),
             ("kmemleak why", "the following arguments are required"),
             ("kmemleak suppress /nonexistent/file", "No such file"),
-        ]:
-            out = gdb.cmd(command)
-            no_python_errors(out)
-            assert message in out, (command, out)
-        gdb.cmd("continue &")
-        out = gdb.cmd("kmemleak scan")
-        assert "the guest is running: interrupt it first" in out
-        gdb.proc.sendline("interrupt")
-        gdb.proc.expect("SIGINT")
-        gdb.cmd("")
+        ], one_line=False)
+        refused_while_running(gdb, "kmemleak scan")
 
 
 # The first free object of kmemgdb_hello_cache, on its slab's or its CPU's freelist (a cache

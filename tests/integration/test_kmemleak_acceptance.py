@@ -8,15 +8,13 @@ import pytest
 from kmemgdb.guestlab import LabOptions, booted
 
 from .conftest import Stopped
-from .test_kmemleak import printed_allocations, report, scan
+from .test_kmemleak import printed_allocations, report, scan, scan_and_clear
 
 
 @pytest.fixture(scope="module")
 def cleared(hello_ko, tmp_path_factory):
     with booted(LabOptions(modules=[hello_ko]), tmp_path_factory.mktemp("lab")) as lab:
-        with Stopped(lab) as gdb:
-            scan(gdb)
-            gdb.checked("kmemleak clear")
+        scan_and_clear(lab)
         yield lab
 
 

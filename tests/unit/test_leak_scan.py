@@ -2,7 +2,6 @@
 import struct
 
 import numpy as np
-import pytest
 
 from gdbext.core.heap.context import GuestContext
 from gdbext.core.heap.model import (LARGE, MIN_COUNT_BLACK, MIN_COUNT_GRAY, SLAB, VMALLOC,
@@ -48,7 +47,8 @@ def leaked(heap, result):
 def test_gray_propagation_and_leaks():
     g = Guest()
     r = g.root(0x1000, 64)
-    a, b, c = g.obj(0x10000, 64), g.obj(0x20000, 64), g.obj(0x30000, 64)
+    a, b = g.obj(0x10000, 64), g.obj(0x20000, 64)
+    g.obj(0x30000, 64)
     g.put(r, a)
     g.put(a + 8, b)
     heap, res = g.scan()

@@ -28,7 +28,7 @@ def swab64(x: int) -> int:
 def read_caches(ctx: GuestContext) -> list[CacheInfo]:
     """Every struct kmem_cache on slab_caches."""
     lay, mem = ctx.layout, ctx.vmem
-    hardened = _has_member(lay, "kmem_cache.random")
+    hardened = lay.has_member("kmem_cache.random")
     caches = []
     for s in container_entries(mem, lay, "slab_caches", "kmem_cache.list"):
         oo = mem.u32(s + lay.off("kmem_cache.oo"))
@@ -46,14 +46,6 @@ def read_caches(ctx: GuestContext) -> list[CacheInfo]:
             objects_per_slab=oo & 0xFFFF,
             slab_bytes=PAGE_SIZE << (oo >> 16)))
     return caches
-
-
-def _has_member(layout, path: str) -> bool:
-    try:
-        layout.off(path)
-    except Exception:
-        return False
-    return True
 
 
 class SlubWalker:

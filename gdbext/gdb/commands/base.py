@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import shlex
 
 import gdb
 
-from ...core.hidden import HiddenPages  # noqa: F401  (re-exported for commands)
 from ...core.kernel import KernelModelError
 from ...core.memory import MemoryError_
 from ...core.paging import PagingError
@@ -84,14 +82,3 @@ def require_stopped_guest(what: str) -> None:
                            "(QEMU started with -gdb or -s)")
     if not target.stopped():
         raise gdb.GdbError(f"{what}: the guest is running: interrupt it first (Ctrl-C or `interrupt`)")
-
-
-def guarded(fn):
-    """Run FN; turn user errors into one-line GdbErrors (for helpers outside KmemCommand)."""
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except USER_ERRORS as exc:
-            raise gdb.GdbError(f"kmemgdb: {exc}") from None
-    return wrapper

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 
 import gdb
 
@@ -11,7 +10,8 @@ from ...core.leakreport import (SuppressionError, hex_dump, parse_suppressions, 
                                 render_report, suppression_for)
 from ...core.heap.model import KIND_NAMES
 from .. import target
-from ..kmemleak import KMEMLEAK, periodic
+from ..heapctx import guest_context
+from ..kmemleak import KMEMLEAK, Describer, jiffies_now, periodic
 from ..session import SESSION
 from .base import KmemCommand, address, parser, require_stopped_guest
 from .kmem import painter
@@ -123,39 +123,25 @@ class KmemleakCommand(KmemCommand):
         _parse("kmemleak mark", args)
         require_stopped_guest("kmemleak mark")
         outcome = KMEMLEAK.scan()
-        from ..heapctx import guest_context
-        ctx = guest_context()
-        jiffies = ctx.vmem.u64(ctx.layout.sym("jiffies_64"))
+        jiffies = jiffies_now(guest_context())
         KMEMLEAK.state.set_mark(KMEMLEAK.live_objects(), jiffies)
         gdb.write(f"kmemleak: mark set at jiffies {jiffies} ({len(outcome.snapshot.heap)} live "
                   "objects); `kmemleak new` reports leaks allocated after it\n")
 
     # -- objects ------------------------------------------------------------------------------
     def dump(self, args) -> None:
-        opts = _parse("kmemleak dump", args, ("addr",))
-        require_stopped_guest("kmemleak dump")
-        outcome = KMEMLEAK.last or KMEMLEAK.scan()
+        addr, outcome, i = _object_at("kmemleak dump", args)
         heap, res = outcome.snapshot.heap, outcome.result
-        i = heap.find(opts.addr)
-        if i is None:
-            raise gdb.GdbError(f"kmemleak dump: {opts.addr:#x} is not inside a heap object kmemleak "
-                               "tracks (slab object, large kmalloc or vmalloc area) at the last scan")
-        from ..heapctx import guest_context
-        ctx = guest_context()
-        from ...core import roots as R
-        comms = {pid: comm for _, pid, comm in R.tasks(ctx)}
-        from ..kmemleak import _jiffies_and_hz
-        jiffies, hz = _jiffies_and_hz(ctx)
-        leak = KMEMLEAK.describe(ctx, heap, i, jiffies, hz, comms, "-", None)
+        leak = Describer(guest_context(), heap)(i, "-", None)
         state = ("referenced" if res.gray[i] else
                  "unreferenced (direct leak)" if res.direct[i] else "unreferenced (indirect leak)")
         if heap.min_count[i] == 0:
-            state = "not a leak (kmemleak_not_leak or untrusted slab)"
+            state = "not a leak (kmemleak_not_leak, a live task stack, or an untrusted slab)"
         elif heap.min_count[i] < 0:
-            state = "ignored (kmemleak_ignore)"
+            state = "ignored (kmemleak_ignore, or a cached task stack)"
         lines = [f"object {leak.address:#x} (size {leak.size}), {leak.object_kind}"
                  + (f" from cache {leak.cache}" if leak.cache else ""),
-                 f"  offset of {opts.addr:#x}: {opts.addr - leak.address:#x}",
+                 f"  offset of {addr:#x}: {addr - leak.address:#x}",
                  f"  state at the last scan: {state}, {int(res.count[i])} reference(s)"]
         if leak.pid is not None:
             lines.append(f'  allocated by pid {leak.pid} ("{leak.comm or "?"}"), jiffies {leak.jiffies}'
@@ -170,13 +156,8 @@ class KmemleakCommand(KmemCommand):
         gdb.write("\n".join(lines) + "\n")
 
     def why(self, args) -> None:
-        opts = _parse("kmemleak why", args, ("addr",))
-        require_stopped_guest("kmemleak why")
-        outcome = KMEMLEAK.last or KMEMLEAK.scan()
+        _, outcome, i = _object_at("kmemleak why", args)
         heap, res = outcome.snapshot.heap, outcome.result
-        i = heap.find(opts.addr)
-        if i is None:
-            raise gdb.GdbError(f"kmemleak why: {opts.addr:#x} is not inside a tracked heap object")
         if not res.gray[i]:
             kind = "a direct leak" if res.direct[i] else "an indirect leak"
             gdb.write(f"{describe_object(heap, i)} is unreferenced: {kind}"
@@ -184,8 +165,7 @@ class KmemleakCommand(KmemCommand):
                          f", reachable only from leaked {describe_object(heap, int(res.owner[i]))}")
                       + "\n")
             return
-        chain = reference_chain(outcome, i)
-        gdb.write("\n".join(chain) + "\n")
+        gdb.write("\n".join(reference_chain(outcome, i)) + "\n")
 
     # -- options -----------------------------------------------------------------------------
     def stack(self, args) -> None:
@@ -253,13 +233,16 @@ def describe_object(heap, i: int) -> str:
 
 
 def referrers(outcome, i: int) -> list[str]:
-    """Who pointed at object I in the last scan (from its recorded first parent only when the
-    full edge list is not kept)."""
-    res, heap = outcome.result, outcome.snapshot.heap
-    p = int(res.parent[i])
-    if p == L.NO_PARENT:
-        return []
-    return [_referrer_text(outcome, p, int(res.parent_addr[i]))]
+    """Every reference to object I found by the last scan; those from unreferenced objects
+    (which do not keep it alive) are marked."""
+    res = outcome.result
+    out = []
+    for src, addr in res.referrers(i):
+        text = _referrer_text(outcome, src, addr)
+        if src >= 0 and not res.gray[src]:
+            text += " (itself unreferenced)"
+        out.append(text)
+    return out
 
 
 def _referrer_text(outcome, parent: int, addr: int) -> str:
@@ -287,6 +270,18 @@ def reference_chain(outcome, i: int) -> list[str]:
         seen.add(p)
         i = p
     return lines
+
+
+def _object_at(prog: str, args: list[str]):
+    """(address, last scan, heap index) for commands that take an address inside an object."""
+    opts = _parse(prog, args, ("addr",))
+    require_stopped_guest(prog)
+    outcome = KMEMLEAK.last or KMEMLEAK.scan()
+    i = outcome.snapshot.heap.find(opts.addr)
+    if i is None:
+        raise gdb.GdbError(f"{prog}: {opts.addr:#x} is not inside a heap object kmemleak tracks "
+                           "(slab object, large kmalloc or vmalloc area) at the last scan")
+    return opts.addr, outcome, i
 
 
 def _last():
