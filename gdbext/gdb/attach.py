@@ -18,6 +18,7 @@ def ensure_attached() -> None:
     if _attached or not target.connected() or not target.stopped():
         return
     _attached = True
+    SESSION.symbolizer()   # read vmlinux's symbols now (about 1 s), not during the first scan
     MODULES.install()
     if KMEMLEAK.enabled and KMEMLEAK.hooks_wanted:
         KMEMLEAK.install_hooks()

@@ -8,8 +8,10 @@ REPO = Path(__file__).resolve().parents[2]
 PURE_MODULES = [
     "gdbext.core.memory", "gdbext.core.paging", "gdbext.core.hidden", "gdbext.core.vmem",
     "gdbext.core.kernel", "gdbext.core.symbols", "gdbext.core.render", "gdbext.core.report",
-    "gdbext.core.kmemleak_text", "qemu.argv", "qemu.console", "qemu.guest",
-    "kmemgdb.cli", "kmemgdb.run", "kmemgdb.kernel", "kmemgdb.initramfs", "kmemgdb.modbuild",
+    "gdbext.core.kmemleak_text", "gdbext.core.leaks", "gdbext.core.roots", "gdbext.core.percpu",
+    "gdbext.core.leakreport", "gdbext.core.leakstate", "gdbext.core.heap.walk",
+    "gdbext.core.heap.tracks", "gdbext.core.decode", "gdbext.core.shadow", "qemu.argv", "qemu.console", "qemu.guest",
+    "kmemgdb.cli", "kmemgdb.run", "kmemgdb.bench", "kmemgdb.kernel", "kmemgdb.initramfs", "kmemgdb.modbuild",
 ]
 
 BLOCK_GDB = """
