@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kmemgdb.gdbdriver import GdbError
 from kmemgdb.guestlab import LabOptions, booted
 from kmemgdb.kernel import ensure_kernel
 from kmemgdb.modbuild import build_module
@@ -42,7 +43,11 @@ class Stopped:
         self.lab = lab
 
     def __enter__(self):
-        self.lab.gdb.interrupt()
+        try:
+            self.lab.gdb.interrupt()
+        except GdbError:
+            self.lab.guest.check()     # QEMU gone or kernel crashed: say so, with the console
+            raise
         return self.lab.gdb
 
     def __exit__(self, *exc):

@@ -41,7 +41,15 @@ def cleared(lab):
 
 def test_no_false_positives_after_a_clean_module_and_a_workload(cleared):
     lab = cleared
-    for command in ("insmod /modules/kmemgdb_hello.ko", "echo 1 > /sys/kernel/debug/kmemgdb_hello",
+    since = len(lab.guest.console.text)
+    lab.run("insmod /modules/kmemgdb_hello.ko")
+    held = int(re.search(r"bss-held object at ([0-9a-f]+)", lab.guest.console.text[since:]).group(1), 16)
+    with Stopped(lab) as gdb:
+        scan(gdb)
+        assert report(gdb, "--all")["leaks"] == []      # incl. the .bss interior pointer's object
+        assert ".bss" in gdb.checked(f"kmemleak why {held:#x}") or "module kmemgdb_hello data" in \
+            gdb.checked(f"kmemleak why {held:#x}")
+    for command in ("echo 1 > /sys/kernel/debug/kmemgdb_hello",
                     "rmmod kmemgdb_hello", "ls -R /sys > /dev/null", "cat /proc/*/status > /dev/null",
                     "for i in 1 2 3; do sleep 0.1 & done; wait", "mkdir -p /tmp/x && echo hi > /tmp/x/f && rm -r /tmp/x"):
         _, status = lab.run(command, timeout=120)
@@ -95,7 +103,9 @@ def test_mark_and_new(cleared):
         scan(gdb)
         new = {l["address"] for l in report(gdb, "--new", "--all")["leaks"]}
         everything = {l["address"] for l in report(gdb, "--all")["leaks"]}
-    assert new and not new & before and everything == new | before
+    # Without SLUB user tracking an address reused since the mark looks old, so `new` may miss
+    # a few of the second round's leaks, never list an old one.
+    assert len(new) >= 10 and not new & before and new <= everything
 
 
 def test_why_of_a_referenced_object_ends_at_a_root(lab):

@@ -17,6 +17,9 @@ static struct dentry *kmemgdb_hello_file, *kmemgdb_hello_bug_file;
  */
 static struct kmem_cache *kmemgdb_hello_cache;
 static void *kmemgdb_hello_kept[2];
+
+/* Only an interior pointer in the module's .bss keeps this object alive: not a leak. */
+static char *kmemgdb_hello_bss_interior;
 /* A whole page of its own, so hiding it hides nothing else (struct module sits in .data). */
 unsigned long kmemgdb_hello_counter[PAGE_SIZE / sizeof(unsigned long)] __aligned(PAGE_SIZE) = { 1 };
 
@@ -64,6 +67,10 @@ static int __init kmemgdb_hello_init(void)
 	freed[1] = kmem_cache_alloc(kmemgdb_hello_cache, GFP_KERNEL);
 	kmem_cache_free(kmemgdb_hello_cache, freed[0]);
 	kmem_cache_free(kmemgdb_hello_cache, freed[1]);
+	kmemgdb_hello_bss_interior = kmalloc(200, GFP_KERNEL);
+	if (kmemgdb_hello_bss_interior)
+		kmemgdb_hello_bss_interior += 40;
+	pr_info("kmemgdb_hello: bss-held object at %px\n", kmemgdb_hello_bss_interior - 40);
 	kmemgdb_hello_file = debugfs_create_file("kmemgdb_hello", 0200, NULL, NULL,
 						 &kmemgdb_hello_fops);
 	kmemgdb_hello_bug_file = debugfs_create_file("kmemgdb_hello_bug", 0200, NULL, NULL,
@@ -79,6 +86,7 @@ static void __exit kmemgdb_hello_exit(void)
 	kmem_cache_free(kmemgdb_hello_cache, kmemgdb_hello_kept[0]);
 	kmem_cache_free(kmemgdb_hello_cache, kmemgdb_hello_kept[1]);
 	kmem_cache_destroy(kmemgdb_hello_cache);
+	kfree(kmemgdb_hello_bss_interior - 40);
 }
 
 module_init(kmemgdb_hello_init);
