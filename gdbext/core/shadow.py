@@ -54,10 +54,15 @@ class Shadow:
 
     def set(self, start: int, size: int, state: int) -> None:
         """Mark a range (allocation, free, write); untracked parts are ignored."""
-        for page, off, n in self._spans(start, size):
+        self._store(start, np.full(size, state, np.uint8))
+
+    def _store(self, start: int, states: np.ndarray) -> None:
+        pos = 0
+        for page, off, n in self._spans(start, len(states)):
             buf = self.pages.get(page)
             if buf is not None:
-                buf[off:off + n] = state
+                buf[off:off + n] = states[pos:pos + n]
+            pos += n
 
     def get(self, start: int, size: int) -> np.ndarray:
         """States of a range; untracked bytes read as INITIALIZED (nothing to say about them)."""
@@ -86,13 +91,7 @@ class Shadow:
 
     def copy(self, dst: int, src: int, size: int) -> None:
         """movs between tracked memory: the destination takes the source's states."""
-        states = self.get(src, size)
-        pos = 0
-        for page, off, n in self._spans(dst, size):
-            buf = self.pages.get(page)
-            if buf is not None:
-                buf[off:off + n] = states[pos:pos + n]
-            pos += n
+        self._store(dst, self.get(src, size))
 
     def window(self, addr: int, log2: int = 5) -> tuple[int, str]:
         """(start, letters) of the 2**log2-byte aligned window around ADDR, as kmemcheck prints."""
