@@ -50,5 +50,6 @@ def interactive(memory: int, smp: int, append: list[str], modules: list[Path]) -
               flush=True)
         sys.stdout.write("(kmemgdb) ")
         sys.stdout.flush()
+        lab.gdb.proc.logfile_read = None     # interact() passes bytes; the log takes text
         lab.gdb.proc.interact()
     return 0
