@@ -175,3 +175,14 @@ def test_interactive_gdb_command():
         if child.isalive():
             os.kill(child.pid, signal.SIGKILL)
         child.close(force=True)
+
+
+def test_kmemleak_run_of_a_clean_module_is_exit_0(tmp_path, hello_ko):
+    report = tmp_path / "r.json"
+    res = kmemgdb("run", "--kmemleak", "--insmod", hello_ko, "--exec", "echo 1 > /sys/kernel/debug/kmemgdb_hello",
+                  "--exec", "rmmod kmemgdb_hello", "--exec", "ls -R /sys > /dev/null", "--json", report)
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads(report.read_text())
+    assert doc["kmemleak"]["enabled"] and doc["kmemleak"]["leaks"] == []
+    assert doc["kmemleak"]["objects"] > 10000 and doc["kmemleak"]["scan_seconds"] < 5
+    assert "0 direct leak(s)" in res.stdout
