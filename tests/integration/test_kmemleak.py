@@ -129,6 +129,12 @@ def test_options_and_bad_input(lab):
             ("kmemleak suppress /nonexistent/file", "No such file"),
         ], one_line=False)
         refused_while_running(gdb, "kmemleak scan")
+        assert "hooks off" in gdb.checked("kmemleak hooks=off")
+        assert "annotation hooks on" in gdb.checked("kmemleak hooks=on")
+        assert "guest hooks removed" in gdb.checked("kmemleak off")
+        assert "kmemleak is off" in gdb.cmd("kmemleak scan")
+        assert "kmemleak: on" in gdb.checked("kmemleak on")
+        assert "objects scanned" in gdb.checked("kmemleak scan")
 
 
 # The first free object of kmemgdb_hello_cache, on its slab's or its CPU's freelist (a cache
