@@ -50,7 +50,6 @@ class Extra:
     """Per-object facts that only some objects have."""
     caller: int | None = None        # vmalloc caller
     vm_struct: int | None = None     # vmalloc: its struct vm_struct * (surplus references)
-    track: "Track | None" = None
 
 
 @dataclass

@@ -15,7 +15,7 @@ from .context import PAGE_SIZE, GuestContext
 from .model import VMALLOC, Extra, HeapBuilder
 
 # vm_struct.flags (include/linux/vmalloc.h, 6.1)
-VM_IOREMAP, VM_ALLOC, VM_UNINITIALIZED, VM_NO_GUARD = 0x1, 0x2, 0x20, 0x40
+VM_ALLOC, VM_UNINITIALIZED, VM_NO_GUARD = 0x2, 0x20, 0x40
 PERCPU_CALLERS = ("pcpu_get_vm_areas",)
 
 
