@@ -74,7 +74,7 @@ class Console:
                 if m:
                     return m
                 if alive:
-                    alive()
+                    alive()        # raises when the guest died (also when the console closed)
                 left = deadline - time.monotonic()
                 if left <= 0 or self.closed:
                     why = "console closed" if self.closed else f"{timeout:.0f} s passed"

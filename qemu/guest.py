@@ -124,6 +124,11 @@ class Guest:
         crash = self.console.crash()
         if crash:
             raise GuestError(f"guest kernel crashed: {crash}\nconsole tail:\n{self.console.tail()}")
+        if self.console.closed and self.proc:
+            try:                       # stdout closes a moment before the process is reaped
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
         if not self.running():
             rc = self.proc.returncode if self.proc else None
             raise GuestError(f"QEMU exited (status {rc}) {self._stderr_text().strip()}\n"
