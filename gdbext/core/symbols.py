@@ -14,6 +14,10 @@ from elftools.elf.sections import SymbolTableSection
 
 
 MODULE_ALIASES = frozenset({"init_module", "cleanup_module"})
+SHF_EXECINSTR = 0x4
+# How far past a size-less code label (assembly entry points) an address may be and still be
+# named after it.
+LABEL_REACH = 4096
 
 
 class SymbolError(Exception):
@@ -51,9 +55,11 @@ class SymbolTable:
 
     def __init__(self, symbols: list[Symbol], sections: list[Section], module: str | None = None,
                  labels: dict[str, int] | None = None):
-        # module_init()/module_exit() add aliases at the same address; lookup() walks backwards,
-        # so aliases sort first and the real function is found first.
-        self.symbols = sorted(symbols, key=lambda s: (s.addr, s.name not in MODULE_ALIASES, -s.size))
+        # lookup() walks backwards from the last symbol at or below an address, so at one address
+        # module_init()/module_exit() aliases and size-less labels sort first: the real,
+        # sized function is found first.
+        self.symbols = sorted(symbols, key=lambda s: (s.addr, s.name not in MODULE_ALIASES,
+                                                      s.size > 0, -s.size))
         self._addrs = [s.addr for s in self.symbols]
         self.by_name = {s.name: s for s in self.symbols}
         # Linker labels (_sdata, __bss_start: STT_NOTYPE) have addresses but name no code.
@@ -76,14 +82,13 @@ class SymbolTable:
                 raise SymbolError(f"{path} has no symbol table")
             symbols, labels = [], {}
             for sym in symtab.iter_symbols():
-                kind = sym["st_info"]["type"]
-                if kind == "STT_NOTYPE" and sym.name and isinstance(sym["st_shndx"], int) \
-                        and section_bases is None:
-                    labels[sym.name] = sym["st_value"]
-                if kind not in ("STT_FUNC", "STT_OBJECT") or not sym.name:
+                kind, shndx = sym["st_info"]["type"], sym["st_shndx"]
+                if not sym.name or not isinstance(shndx, int) or shndx >= len(sections):
                     continue
-                shndx = sym["st_shndx"]
-                if not isinstance(shndx, int) or shndx >= len(sections):
+                code_label = kind == "STT_NOTYPE" and sections[shndx].flags & SHF_EXECINSTR
+                if kind == "STT_NOTYPE" and section_bases is None:
+                    labels[sym.name] = sym["st_value"]
+                if kind not in ("STT_FUNC", "STT_OBJECT") and not code_label:
                     continue
                 base = sections[shndx].addr if section_bases is not None else 0
                 if section_bases is not None and base == 0:
@@ -98,7 +103,8 @@ class SymbolTable:
             sym = self.symbols[i]
             if sym.addr <= addr < sym.addr + max(sym.size, 1):
                 return Located(sym, addr - sym.addr, self.module)
-            if sym.size == 0 and (i + 1 == len(self.symbols) or self._addrs[i + 1] > addr):
+            if sym.size == 0 and addr - sym.addr < LABEL_REACH and \
+                    (i + 1 == len(self.symbols) or self._addrs[i + 1] > addr):
                 return Located(sym, addr - sym.addr, self.module)
             if addr - sym.addr > 1 << 20:
                 return None

@@ -118,7 +118,8 @@ def _dispatch(args) -> int:
         from .bench import bench_kmemleak
         return bench_kmemleak(args.runs)
     if args.command == "demo":
-        return demo.demo(args.memory, args.smp, args.append)
+        # SLUB user tracking on kmalloc caches: leak reports with allocation backtraces.
+        return demo.demo(args.memory, args.smp, args.append or ["slub_debug=U,kmalloc-*"])
     if args.command == "gdb":
         return demo.interactive(args.memory, args.smp, args.append, args.insmod)
     raise UsageError(f"unknown command {args.command}")

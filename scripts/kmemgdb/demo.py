@@ -25,7 +25,7 @@ def demo(memory: int, smp: int, append: list[str]) -> int:
         print(out.rstrip())
         lab.gdb.interrupt()
         _say("the extension sees (guest stopped under gdb)")
-        for command in ("kmem info", "kmem vtop &init_uts_ns"):
+        for command in ("kmem info", "kmem vtop &init_uts_ns", "kmemleak scan", "kmemleak clear"):
             _show(lab, command)
         lab.gdb.cont()
         out, status = lab.run("insmod /modules/kmemleak-test.ko")
@@ -38,6 +38,12 @@ def demo(memory: int, smp: int, append: list[str]) -> int:
         out, status = lab.run("rmmod kmemleak_test && echo module unloaded")
         _say("guest keeps running after the page was shown again")
         print(out.rstrip())
+        lab.gdb.interrupt()
+        _say("host-side kmemleak after insmod + rmmod of the kernel's leaky sample module")
+        _show(lab, "kmemleak scan")
+        report = lab.gdb.checked("kmemleak").strip("\n").splitlines()
+        print("(gdb) kmemleak")
+        print("\n".join(report[:18] + ["  ..."] + report[-3:]), flush=True)
     return 0
 
 

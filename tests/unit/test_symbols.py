@@ -20,6 +20,15 @@ def test_lookup_names_like_the_kernel():
     assert t.lookup(0xFFF) is None
 
 
+def test_code_labels_name_assembly_but_not_functions():
+    syms = [Symbol("_stext", 0x1000, 0), Symbol("startup_64", 0x1000, 0x40),
+            Symbol("entry_SYSCALL_64_after_hwframe", 0x3000, 0)]
+    t = SymbolTable(syms, [])
+    assert str(t.lookup(0x1010)) == "startup_64+0x10/0x40"
+    assert str(t.lookup(0x30AF)) == "entry_SYSCALL_64_after_hwframe+0xaf/0x0"
+    assert t.lookup(0x3000 + 8192) is None          # too far past a size-less label
+
+
 def test_module_init_alias_is_not_the_name():
     for order in (1, -1):
         syms = [Symbol("init_module", 0x5000, 0x40), Symbol("hello_init", 0x5000, 0x40)][::order]
