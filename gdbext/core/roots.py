@@ -74,11 +74,14 @@ def cached_stacks(ctx: GuestContext) -> set[int]:
     return out
 
 
-def settle_stacks(ctx: GuestContext, heap: Heap) -> None:
+Task = tuple[int, int, str]     # (task_struct *, pid, comm), as tasks() lists them
+
+
+def settle_stacks(ctx: GuestContext, heap: Heap, task_list: list[Task]) -> None:
     """Task stacks are vmalloc objects, but not leak candidates. Live ones are scanned through
     stack_roots() (live part only), never as whole objects; cached stacks hold only a dead
     task's frames and are not scanned at all."""
-    live = {ctx.u64(task + ctx.layout.off("task_struct.stack")) for task, _, _ in tasks(ctx)}
+    live = {ctx.u64(task + ctx.layout.off("task_struct.stack")) for task, _, _ in task_list}
     for start, min_count in [(a, MIN_COUNT_GRAY) for a in live] + \
                             [(a, MIN_COUNT_BLACK) for a in cached_stacks(ctx)]:
         i = heap.find(start)
@@ -87,13 +90,13 @@ def settle_stacks(ctx: GuestContext, heap: Heap) -> None:
             heap.no_scan[i] = True
 
 
-def stack_roots(ctx: GuestContext) -> list[Root]:
+def stack_roots(ctx: GuestContext, task_list: list[Task]) -> list[Root]:
     """Live part of each task stack. kmemleak scans all THREAD_SIZE bytes; below the saved
     stack pointer of a task that is not running lie only dead frames, whose stale pointers would
     hide leaks, so only [thread.sp, top) is scanned then (running tasks: the whole stack)."""
     lay = ctx.layout
     roots = []
-    for task, pid, comm in tasks(ctx):
+    for task, pid, comm in task_list:
         stack = ctx.u64(task + lay.off("task_struct.stack"))
         if not stack:
             continue

@@ -5,7 +5,7 @@ import gdb
 import numpy as np
 
 from ..core.heap.context import GuestContext
-from ..core.kernel import read_bases
+from ..core.kernel import KernelModelError, read_bases
 from .session import SESSION
 from . import target
 
@@ -17,7 +17,6 @@ def _constant(name: str) -> int:
     try:
         return int(gdb.parse_and_eval(name))
     except gdb.error as exc:
-        from ..core.kernel import KernelModelError
         raise KernelModelError(f"the guest kernel has no constant {name}") from exc
 
 

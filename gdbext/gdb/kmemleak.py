@@ -34,11 +34,9 @@ class _AnnotationHook(gdb.Breakpoint):
         self.silent = True
         self.kind = kind
         self.annotations = annotations
-        self.hits = 0
 
     def stop(self) -> bool:
         frame = gdb.newest_frame()
-        self.hits += 1
         target.HOOK_STOPS[0] += 1
         self.annotations.record(self.kind, int(frame.read_register("rdi")) & (1 << 64) - 1,
                                 int(frame.read_register("rsi")) & (1 << 64) - 1)
@@ -52,7 +50,6 @@ class ScanOutcome:
     root_names: list[str]
     leaks: list[Leak]
     seconds: float
-    has_tracks: bool
     notes: list[str] = field(default_factory=list)
 
 
@@ -88,18 +85,18 @@ class Kmemleak:
         snap = walk_heap(ctx, modules)
         heap = snap.heap
         self.annotations.apply(heap)
-        R.settle_stacks(ctx, heap)
+        task_list = R.tasks(ctx)       # walked once: stacks, roots and report names use it
+        R.settle_stacks(ctx, heap, task_list)
         roots = (R.section_roots(ctx) + percpu_roots(ctx) + R.module_roots(ctx, modules)
                  + R.reserved_roots(ctx, snap.memmap, [first_chunk_area(ctx)]))
         if self.stack_scan:
-            roots += R.stack_roots(ctx)
+            roots += R.stack_roots(ctx, task_list)
         pages = L.PageStructs(snap.memmap, R.page_struct_rows(ctx, snap.memmap))
         result = L.scan(ctx, heap, roots, vcpu_registers(), pages)
-        has_tracks = any(tracks_enabled(c) for c in heap.caches)
-        leaks = self._leaks(ctx, heap, result)
+        leaks = self._leaks(Describer(ctx, heap, task_list), result)
         seconds = time.perf_counter() - start
-        outcome = ScanOutcome(snap, result, L.root_names(roots), leaks, seconds, has_tracks)
-        if not has_tracks:
+        outcome = ScanOutcome(snap, result, L.root_names(roots), leaks, seconds)
+        if not any(tracks_enabled(c) for c in heap.caches):
             outcome.notes.append("no SLUB user tracking in this guest: boot it with slub_debug=U "
                                  "for allocation backtraces, pid and age of slab objects")
         outcome.notes += [f"heap walk: {e}" for e in heap.errors]
@@ -107,8 +104,8 @@ class Kmemleak:
         self.last = outcome
         return outcome
 
-    def _leaks(self, ctx: GuestContext, heap: Heap, result: L.ScanResult) -> list[Leak]:
-        describe = Describer(ctx, heap)
+    def _leaks(self, describe: "Describer", result: L.ScanResult) -> list[Leak]:
+        heap = describe.heap
         out = []
         sizes = {}
         for i in result.leaks.tolist():
@@ -138,13 +135,13 @@ def jiffies_now(ctx: GuestContext) -> int:
 class Describer:
     """Turns heap rows into Leak records: contents, allocation track, backtrace, task."""
 
-    def __init__(self, ctx: GuestContext, heap: Heap):
+    def __init__(self, ctx: GuestContext, heap: Heap, task_list: list[R.Task] | None = None):
         self.ctx, self.heap = ctx, heap
         self.jiffies = jiffies_now(ctx)
         lay = ctx.layout
         tick_nsec = ctx.vmem.u64(lay.sym("tick_nsec")) if lay.has_sym("tick_nsec") else 0
         self.hz = round(1e9 / tick_nsec) if tick_nsec else 0     # tick_nsec = NSEC_PER_SEC / HZ
-        self.comms = {pid: comm for _, pid, comm in R.tasks(ctx)}
+        self.comms = {pid: comm for _, pid, comm in (R.tasks(ctx) if task_list is None else task_list)}
 
     def __call__(self, i: int, kind: str, owner: int | None) -> Leak:
         heap, ctx = self.heap, self.ctx
