@@ -120,6 +120,11 @@ class Kmemleak:
                 leak.indirect_count, leak.indirect_bytes = sizes.get(i, (0, 0))
         return out
 
+    def suspects(self, outcome: ScanOutcome) -> tuple[int, int]:
+        """(direct leaks to report, suppressed leaks) of a scan, after clear/suppressions."""
+        leaks, suppressed = self.state.filter(outcome.leaks)
+        return sum(1 for l in leaks if l.kind == "direct"), suppressed
+
     def live_objects(self) -> set[tuple[int, int, str]]:
         heap = self.last.snapshot.heap if self.last else None
         if heap is None:
@@ -207,8 +212,7 @@ class PeriodicScan:
         self.count += 1
         try:
             outcome = self.service.scan()
-            leaks, _ = self.service.state.filter(outcome.leaks)
-            direct = sum(1 for l in leaks if l.kind == "direct")
+            direct, _ = self.service.suspects(outcome)
             gdb.write(f"kmemleak: periodic scan {self.count}: {direct} suspected memory leak(s) "
                       f"in {outcome.seconds * 1000:.0f} ms (see `kmemleak`)\n")
         except Exception as exc:     # a failed scan must not leave the guest stopped
