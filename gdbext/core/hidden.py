@@ -10,6 +10,7 @@ from typing import Callable
 
 from . import paging
 from .memory import PhysicalMemory, read_u64
+from .vmem import VirtualMemory
 
 
 @dataclass
@@ -70,3 +71,48 @@ class HiddenPages:
         # then the PTE is no longer ours and setting P would map a page the kernel unmapped.
         if current == page.hidden_value:
             paging.set_present(self.mem, paging.Entry(1, page.pte_paddr, current), True)
+
+    def frame(self, vaddr: int) -> int | None:
+        """Physical address of the hidden page holding VADDR (None if kmemgdb did not hide it)."""
+        page = self.pages.get(vaddr & ~(paging.PAGE_SIZE - 1))
+        return None if page is None else page.hidden_value & paging.ADDR_MASK
+
+    def forget(self, vaddr: int) -> None:
+        """Drop a page the guest has taken back (freed, remapped): it is no longer ours to show."""
+        self.pages.pop(vaddr & ~(paging.PAGE_SIZE - 1), None)
+
+
+class ThroughHidden:
+    """Guest virtual memory as the host sees it, hidden pages included: what kmemcheck emulates
+    instructions against. Direct-map addresses translate without a walk."""
+
+    def __init__(self, vmem: VirtualMemory, hidden: HiddenPages, page_offset: int, ram_size: int):
+        self.vmem = vmem
+        self.hidden = hidden
+        self.page_offset = page_offset
+        self.ram_size = ram_size
+
+    def to_phys(self, vaddr: int) -> int:
+        frame = self.hidden.frame(vaddr)
+        if frame is not None:
+            return frame + (vaddr & (paging.PAGE_SIZE - 1))
+        off = vaddr - self.page_offset
+        if 0 <= off < self.ram_size:
+            return off
+        return self.vmem.to_phys(vaddr)
+
+    def _spans(self, vaddr: int, size: int):
+        while size > 0:
+            n = min(size, paging.PAGE_SIZE - (vaddr & (paging.PAGE_SIZE - 1)))
+            yield self.to_phys(vaddr), n
+            vaddr += n
+            size -= n
+
+    def read(self, vaddr: int, size: int) -> bytes:
+        return b"".join(self.vmem.phys.read(paddr, n) for paddr, n in self._spans(vaddr, size))
+
+    def write(self, vaddr: int, data: bytes) -> None:
+        pos = 0
+        for paddr, n in self._spans(vaddr, len(data)):
+            self.vmem.phys.write(paddr, data[pos:pos + n])
+            pos += n

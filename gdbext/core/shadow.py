@@ -1,8 +1,12 @@
 """kmemcheck's shadow memory, kept on the host: one state per byte of tracked memory.
 
 States follow arch/x86/mm/kmemcheck/shadow.h (Linux 2.6.31-4.14): unallocated, uninitialized,
-initialized, freed, shown in reports as a/u/i/f. Only tracked ranges have shadow; every other byte
-is outside kmemcheck's view.
+initialized, freed, shown in reports as a/u/i/f. Only tracked pages have shadow; every other byte
+is outside kmemcheck's view and reads as initialized.
+
+Beside the state, each byte carries an origin id (0: none): the allocation that created its
+uninitialized value. Origins travel with copies, so a read of copied uninitialized bytes names the
+object they came from (what KMSAN calls "uninit was created at").
 """
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ import numpy as np
 
 UNALLOCATED, UNINITIALIZED, INITIALIZED, FREED = 0, 1, 2, 3
 LETTERS = "auif"
+STATE_NAMES = {UNALLOCATED: "unallocated", UNINITIALIZED: "uninitialized",
+               INITIALIZED: "initialized", FREED: "freed"}
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What a read of [address, address+size) finds: the worst state and where it starts."""
+    """What an access to [address, address+size) finds: the worst state and where it starts."""
     state: int
     first_bad: int | None     # address of the first byte in that state (None when all fine)
 
@@ -26,23 +32,34 @@ class Verdict:
 
 
 class Shadow:
-    """Shadow of tracked pages (PAGE-aligned regions), byte states in numpy arrays."""
+    """Shadow of tracked pages (PAGE-aligned regions): byte states and origins in numpy arrays."""
 
     def __init__(self, page_size: int = 4096):
         self.page_size = page_size
         self.pages: dict[int, np.ndarray] = {}
+        self.origins: dict[int, np.ndarray] = {}
 
     def track(self, start: int, size: int, state: int = UNALLOCATED) -> None:
         """Give [start, start+size) a shadow (whole pages), initially STATE."""
         for page in range(start & ~(self.page_size - 1), start + size, self.page_size):
-            self.pages.setdefault(page, np.full(self.page_size, state, np.uint8))
+            if page not in self.pages:
+                self.pages[page] = np.full(self.page_size, state, np.uint8)
+                self.origins[page] = np.zeros(self.page_size, np.uint32)
 
     def untrack(self, start: int, size: int) -> None:
         for page in range(start & ~(self.page_size - 1), start + size, self.page_size):
             self.pages.pop(page, None)
+            self.origins.pop(page, None)
+
+    def clear(self) -> None:
+        self.pages.clear()
+        self.origins.clear()
 
     def tracked(self, addr: int) -> bool:
         return (addr & ~(self.page_size - 1)) in self.pages
+
+    def any_tracked(self, start: int, size: int) -> bool:
+        return any(page in self.pages for page, _, _ in self._spans(start, size))
 
     def _spans(self, start: int, size: int):
         end = start + size
@@ -52,36 +69,49 @@ class Shadow:
             yield page, start - page, n
             start += n
 
-    def set(self, start: int, size: int, state: int) -> None:
+    def set(self, start: int, size: int, state: int, origin: int = 0) -> None:
         """Mark a range (allocation, free, write); untracked parts are ignored."""
-        self._store(start, np.full(size, state, np.uint8))
+        self._store(start, np.full(size, state, np.uint8), np.full(size, origin, np.uint32))
 
-    def _store(self, start: int, states: np.ndarray) -> None:
+    def _store(self, start: int, states: np.ndarray, origins: np.ndarray) -> None:
         pos = 0
         for page, off, n in self._spans(start, len(states)):
             buf = self.pages.get(page)
             if buf is not None:
                 buf[off:off + n] = states[pos:pos + n]
+                self.origins[page][off:off + n] = origins[pos:pos + n]
             pos += n
 
-    def get(self, start: int, size: int) -> np.ndarray:
-        """States of a range; untracked bytes read as INITIALIZED (nothing to say about them)."""
-        out = np.full(size, INITIALIZED, np.uint8)
+    def _load(self, table: dict[int, np.ndarray], start: int, size: int, fill: int, dtype) -> np.ndarray:
+        out = np.full(size, fill, dtype)
         pos = 0
         for page, off, n in self._spans(start, size):
-            buf = self.pages.get(page)
+            buf = table.get(page)
             if buf is not None:
                 out[pos:pos + n] = buf[off:off + n]
             pos += n
         return out
 
-    def check_read(self, start: int, size: int, partial_ok: bool = False) -> Verdict:
-        """kmemcheck's test: a read is fine when every byte is initialized, or (partial-ok) when
-        any byte is: a 16-bit field read with a 32-bit load."""
+    def get(self, start: int, size: int) -> np.ndarray:
+        """States of a range; untracked bytes read as INITIALIZED (nothing to say about them)."""
+        return self._load(self.pages, start, size, INITIALIZED, np.uint8)
+
+    def get_origins(self, start: int, size: int) -> np.ndarray:
+        return self._load(self.origins, start, size, 0, np.uint32)
+
+    def check(self, start: int, size: int, partial_ok: bool = False,
+              ignore: frozenset[int] = frozenset()) -> Verdict:
+        """kmemcheck's test of a read: fine when every byte is initialized, or (partial-ok) when
+        any byte is and none is freed or unallocated: a 16-bit field read with a 32-bit load.
+        IGNORE holds offsets (from START) whose state does not count (bitfield storage)."""
         states = self.get(start, size)
-        if (states == INITIALIZED).all() or (partial_ok and (states == INITIALIZED).any()
-                                               and not (states == FREED).any()
-                                               and not (states == UNALLOCATED).any()):
+        if ignore:
+            states[[i for i in ignore if i < size]] = INITIALIZED
+        good = states == INITIALIZED
+        if good.all():
+            return Verdict(INITIALIZED, None)
+        if partial_ok and good.any() and not (states == FREED).any() \
+                and not (states == UNALLOCATED).any():
             return Verdict(INITIALIZED, None)
         for worst in (FREED, UNALLOCATED, UNINITIALIZED):
             hits = np.nonzero(states == worst)[0]
@@ -89,12 +119,19 @@ class Shadow:
                 return Verdict(worst, start + int(hits[0]))
         return Verdict(INITIALIZED, None)
 
+    def check_read(self, start: int, size: int, partial_ok: bool = False) -> Verdict:
+        return self.check(start, size, partial_ok)
+
     def copy(self, dst: int, src: int, size: int) -> None:
-        """movs between tracked memory: the destination takes the source's states."""
-        self._store(dst, self.get(src, size))
+        """movs between memory: the destination takes the source's states and origins (untracked
+        source bytes count as initialized)."""
+        self._store(dst, self.get(src, size), self.get_origins(src, size))
+
+    def letters(self, start: int, size: int) -> str:
+        return "".join(LETTERS[s] for s in self.get(start, size))
 
     def window(self, addr: int, log2: int = 5) -> tuple[int, str]:
         """(start, letters) of the 2**log2-byte aligned window around ADDR, as kmemcheck prints."""
         size = 1 << log2
         start = addr & ~(size - 1)
-        return start, "".join(LETTERS[s] for s in self.get(start, size))
+        return start, self.letters(start, size)

@@ -6,10 +6,13 @@ register() adds the settings and commands; nothing touches the target at import 
 
 def register() -> None:
     from . import attach, session, settings
-    from .commands import kmem, kmemleak
+    from . import unwind
+    from .commands import kmem, kmemcheck, kmemleak
 
     settings.register()
     session.register_events()
     attach.register_events()
     kmem.register()
     kmemleak.register()
+    kmemcheck.register()
+    unwind.register()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gdb
 
 from . import target
+from .kmemcheck import KMEMCHECK
 from .kmemleak import KMEMLEAK
 from .modules import MODULES
 from .session import SESSION
@@ -29,6 +30,7 @@ def ensure_attached() -> None:
 def _on_prompt() -> None:
     try:
         ensure_attached()
+        KMEMCHECK.finish_cleanup()
     except gdb.error as exc:
         gdb.write(f"kmemgdb: could not set up module symbols: {exc}\n")
     except Exception as exc:  # a prompt hook must never break the prompt
@@ -39,6 +41,7 @@ def _on_exit(_event) -> None:
     global _attached
     _attached = False
     MODULES.loaded.clear()
+    KMEMCHECK.disable()
     SESSION.on_exit()
 
 

@@ -46,6 +46,18 @@ def flush_tlb() -> None:
     set_register("cr3", cr3)
 
 
+def flush_tlb_all() -> None:
+    """flush_tlb() on every vCPU (gdb thread); not for use inside a breakpoint's stop()."""
+    selected = gdb.selected_thread()
+    try:
+        for thread in gdb.selected_inferior().threads():
+            thread.switch()
+            flush_tlb()
+    finally:
+        if selected is not None:
+            selected.switch()
+
+
 class StubPhysicalMemory:
     """Guest physical memory through QEMU's gdbstub physical mode (slow: packets per read)."""
 

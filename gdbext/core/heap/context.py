@@ -31,11 +31,15 @@ class GuestContext:
         off = vaddr - self.page_offset
         return off if 0 <= off < self.max_pfn * PAGE_SIZE else None
 
-    def u64(self, vaddr: int) -> int:
+    def read(self, vaddr: int, size: int) -> bytes:
+        """Direct-map addresses are read physically (so pages kmemcheck hid read too)."""
         paddr = self.direct_paddr(vaddr)
-        if paddr is not None:
-            return int.from_bytes(self.phys.read(paddr, 8), "little")
-        return self.vmem.u64(vaddr)
+        if paddr is not None and paddr + size <= self.max_pfn * PAGE_SIZE:
+            return self.phys.read(paddr, size)
+        return self.vmem.read(vaddr, size)
+
+    def u64(self, vaddr: int) -> int:
+        return int.from_bytes(self.read(vaddr, 8), "little")
 
     def words(self, vaddr: int, size: int) -> np.ndarray:
         """SIZE bytes at VADDR as uint64 words (a view into RAM when it is contiguous)."""

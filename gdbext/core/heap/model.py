@@ -32,6 +32,7 @@ class CacheInfo:
     random: int          # CONFIG_SLAB_FREELIST_HARDENED key, 0 when not hardened
     objects_per_slab: int
     slab_bytes: int
+    ctor: int = 0        # constructor: objects are initialized when their slab is made
 
 
 @dataclass

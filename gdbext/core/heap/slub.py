@@ -7,9 +7,11 @@ object boundary or loops is reported as a HeapError and its slab's objects are n
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from ..kernel import container_entries
+from ..kernel import KernelModelError, container_entries
 from .context import PAGE_SIZE, STRUCT_PAGE_SIZE, GuestContext
 from .model import CacheInfo, HeapBuilder, HeapError, SlabGroup
 
@@ -25,27 +27,105 @@ def swab64(x: int) -> int:
     return int.from_bytes(x.to_bytes(8, "little"), "big")
 
 
+def read_cache(ctx: GuestContext, s: int) -> CacheInfo:
+    """One struct kmem_cache * at S."""
+    lay, mem = ctx.layout, ctx.vmem
+    oo = mem.u32(s + lay.off("kmem_cache.oo"))
+    hardened = lay.has_member("kmem_cache.random")
+    return CacheInfo(
+        address=s,
+        name=mem.cstr(mem.u64(s + lay.off("kmem_cache.name")), 64),
+        size=mem.u32(s + lay.off("kmem_cache.size")),
+        object_size=mem.u32(s + lay.off("kmem_cache.object_size")),
+        offset=mem.u32(s + lay.off("kmem_cache.offset")),
+        inuse=mem.u32(s + lay.off("kmem_cache.inuse")),
+        red_left_pad=mem.u32(s + lay.off("kmem_cache.red_left_pad")),
+        flags=mem.u32(s + lay.off("kmem_cache.flags")),
+        random=mem.u64(s + lay.off("kmem_cache.random")) if hardened else 0,
+        objects_per_slab=oo & 0xFFFF,
+        slab_bytes=PAGE_SIZE << (oo >> 16),
+        ctor=mem.u64(s + lay.off("kmem_cache.ctor")) if lay.has_member("kmem_cache.ctor") else 0)
+
+
 def read_caches(ctx: GuestContext) -> list[CacheInfo]:
     """Every struct kmem_cache on slab_caches."""
-    lay, mem = ctx.layout, ctx.vmem
-    hardened = lay.has_member("kmem_cache.random")
-    caches = []
-    for s in container_entries(mem, lay, "slab_caches", "kmem_cache.list"):
-        oo = mem.u32(s + lay.off("kmem_cache.oo"))
-        size = mem.u32(s + lay.off("kmem_cache.size"))
-        caches.append(CacheInfo(
-            address=s,
-            name=mem.cstr(mem.u64(s + lay.off("kmem_cache.name")), 64),
-            size=size,
-            object_size=mem.u32(s + lay.off("kmem_cache.object_size")),
-            offset=mem.u32(s + lay.off("kmem_cache.offset")),
-            inuse=mem.u32(s + lay.off("kmem_cache.inuse")),
-            red_left_pad=mem.u32(s + lay.off("kmem_cache.red_left_pad")),
-            flags=mem.u32(s + lay.off("kmem_cache.flags")),
-            random=mem.u64(s + lay.off("kmem_cache.random")) if hardened else 0,
-            objects_per_slab=oo & 0xFFFF,
-            slab_bytes=PAGE_SIZE << (oo >> 16)))
-    return caches
+    return [read_cache(ctx, s) for s in container_entries(ctx.vmem, ctx.layout, "slab_caches",
+                                                          "kmem_cache.list")]
+
+
+class FreelistError(KernelModelError):
+    """A SLUB freelist that leaves its slab, misses an object boundary or loops."""
+
+
+def walk_freelist(ctx: GuestContext, cache: CacheInfo, base: int, objects: int, head: int):
+    """Indices of the objects on the freelist starting at HEAD in the slab at BASE; raises
+    FreelistError when the list leaves the slab, misses an object boundary or loops."""
+    seen: set[int] = set()
+    ptr = head
+    first = base + cache.red_left_pad
+    while ptr:
+        index, rem = divmod(ptr - first, cache.size)
+        if rem or not 0 <= index < objects:
+            raise FreelistError(f"free pointer {ptr:#x} is not an object of slab {base:#x}")
+        if index in seen:
+            raise FreelistError(f"freelist of slab {base:#x} loops at {ptr:#x}")
+        seen.add(index)
+        yield index
+        where = ptr + cache.offset
+        raw = ctx.u64(where)
+        ptr = raw ^ cache.random ^ swab64(where) if cache.random else raw
+
+
+@dataclass(frozen=True)
+class SlabRef:
+    """The slab holding an address: its struct slab, first byte, object count and cache."""
+    slab: int            # struct slab * (the head page's struct page)
+    base: int            # direct-map address of the slab's first page
+    objects: int
+    cache: int           # struct kmem_cache *
+
+    def index(self, cache: CacheInfo, addr: int) -> int | None:
+        """Index of the object slot holding ADDR (None in the slab's tail or left red zone)."""
+        index, rem = divmod(addr - self.base - cache.red_left_pad, cache.size)
+        return index if 0 <= index < self.objects else None
+
+    def object_start(self, cache: CacheInfo, index: int) -> int:
+        return self.base + cache.red_left_pad + index * cache.size
+
+
+def slab_at(ctx: GuestContext, vaddr: int) -> SlabRef | None:
+    """The slab whose pages hold direct-map address VADDR, None when it is not a slab page."""
+    paddr = ctx.direct_paddr(vaddr)
+    if paddr is None:
+        return None
+    lay = ctx.layout
+    page = ctx.vmemmap + (paddr // PAGE_SIZE) * STRUCT_PAGE_SIZE
+    head = ctx.u64(page + 8)
+    if head & 1:                                   # tail page: compound_head | 1
+        page = head - 1
+    flags = ctx.u64(page)
+    if not flags & (1 << lay.const("PG_slab")):
+        return None
+    counters = ctx.u64(page + lay.off("slab.counters"))
+    pfn = (page - ctx.vmemmap) // STRUCT_PAGE_SIZE
+    return SlabRef(page, ctx.page_offset + pfn * PAGE_SIZE, (counters >> 16) & 0x7FFF,
+                   ctx.u64(page + lay.off("slab.slab_cache")))
+
+
+def free_indices(ctx: GuestContext, cache: CacheInfo, slab: SlabRef) -> set[int]:
+    """Object indices of SLAB that SLUB has free now: its own freelist and the lockless
+    freelist of every CPU whose current slab it is."""
+    lay = ctx.layout
+    heads = [ctx.u64(slab.slab + lay.off("slab.freelist"))]
+    cpu_slab = ctx.u64(cache.address + lay.off("kmem_cache.cpu_slab"))
+    for offset in ctx.cpu_offsets:
+        c = (cpu_slab + offset) & (1 << 64) - 1
+        if ctx.u64(c + lay.off("kmem_cache_cpu.slab")) == slab.slab:
+            heads.append(ctx.u64(c + lay.off("kmem_cache_cpu.freelist")))
+    free: set[int] = set()
+    for head in heads:
+        free.update(walk_freelist(ctx, cache, slab.base, slab.objects, head))
+    return free
 
 
 class SlubWalker:
@@ -129,17 +209,24 @@ class SlubWalker:
                    live: np.ndarray) -> str | None:
         """Clear LIVE for every object on the freelist starting at HEAD; an error text if the
         list is corrupted."""
-        ptr, steps = head, 0
-        first = base + cache.red_left_pad
-        while ptr:
-            index, rem = divmod(ptr - first, cache.size)
-            if rem or not 0 <= index < objects:
-                return f"free pointer {ptr:#x} is not an object of slab {base:#x}"
-            if not live[index]:
-                return f"freelist of slab {base:#x} loops at {ptr:#x}"
-            live[index] = False
-            steps += 1
-            where = ptr + cache.offset
-            raw = self.ctx.u64(where)
-            ptr = raw ^ cache.random ^ swab64(where) if cache.random else raw
+        try:
+            for index in walk_freelist(self.ctx, cache, base, objects, head):
+                if not live[index]:
+                    return f"freelist of slab {base:#x} loops at object {index}"
+                live[index] = False
+        except FreelistError as exc:
+            return str(exc)
         return None
+
+
+def slabs_of(ctx: GuestContext, memmap: np.ndarray, caches: list[int]) -> list[SlabRef]:
+    """Every slab whose cache is one of CACHES (struct kmem_cache * values)."""
+    walker = SlubWalker(ctx, memmap)
+    pfns = walker.slab_pfns()
+    rows = memmap[pfns]
+    mine = np.isin(rows[:, walker.w_cache], np.array(caches, np.uint64))
+    out = []
+    for pfn, row in zip(pfns[mine].tolist(), rows[mine].tolist()):
+        out.append(SlabRef(ctx.vmemmap + pfn * STRUCT_PAGE_SIZE, walker.page_address(pfn),
+                           (row[walker.w_counters] >> 16) & 0x7FFF, row[walker.w_cache]))
+    return out

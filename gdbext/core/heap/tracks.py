@@ -28,7 +28,7 @@ def read_alloc_track(ctx: GuestContext, cache: CacheInfo, obj: int) -> Track | N
         return None
     lay = ctx.layout
     t = obj + info_end(cache)
-    raw = ctx.vmem.read(t, lay.off("track.when") + 8)
+    raw = ctx.read(t, lay.off("track.when") + 8)
     u32 = lambda off: int.from_bytes(raw[off:off + 4], "little")
     u64 = lambda off: int.from_bytes(raw[off:off + 8], "little")
     addr = u64(lay.off("track.addr"))

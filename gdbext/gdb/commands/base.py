@@ -7,13 +7,14 @@ import shlex
 import gdb
 
 from ...core.kernel import KernelModelError
+from ...core.kmemcheck import KmemcheckError
 from ...core.memory import MemoryError_
 from ...core.paging import PagingError
 from ...core.symbols import SymbolError
 from .. import target
 
 # Failures of the core that mean "the user asked for something the guest cannot give".
-USER_ERRORS = (KernelModelError, MemoryError_, PagingError, SymbolError, ValueError)
+USER_ERRORS = (KernelModelError, KmemcheckError, MemoryError_, PagingError, SymbolError, ValueError)
 
 
 class ArgumentError(Exception):

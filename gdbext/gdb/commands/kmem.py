@@ -154,7 +154,11 @@ Usage: kmem pte show-all [--quiet]"""
         super().__init__("kmem pte show-all")
 
     def run(self, args) -> None:
+        from ..kmemcheck import KMEMCHECK
         try:
+            if KMEMCHECK.engine is not None or KMEMCHECK.hooks:
+                gdb.write("kmemcheck: off (the guest is being left)\n")
+                KMEMCHECK.disable()
             count = SESSION.show_all_pages()
         except Exception as exc:  # a hook must not abort detach/quit
             gdb.write(f"kmemgdb: could not show hidden pages: {exc}\n")

@@ -1,0 +1,249 @@
+"""`kmemcheck`: the host-side uninitialized-memory checker, with the kernel's 0/1/2 modes."""
+from __future__ import annotations
+
+import json
+
+import gdb
+
+from ...core import shadow as S
+from ...core.kmemcheck_report import finding_json, render_finding
+from .. import settings
+from ..kmemcheck import KMEMCHECK, Suppression
+from .base import KmemCommand, address, parser
+from .kmem import painter
+
+
+class Kmemcheck(KmemCommand):
+    """Host-side kmemcheck: catch reads of uninitialized and freed kernel heap memory.
+
+Usage: kmemcheck [0|1|2]
+  kmemcheck          show state: tracked scope, hidden pages, objects, reports, fault counts
+  kmemcheck 1        on: hide the pages of tracked objects and check every access to them
+  kmemcheck 2        one-shot: on, and off again after the first report
+  kmemcheck 0        off: every hidden page is shown again; the guest keeps running
+Scope first: `kmemcheck track cache NAME` (see `help kmemcheck track`). The guest must map its
+direct map with 4 KiB pages: boot it with debug_pagealloc=on.
+Options: `set kmemcheck partial-ok|bitfield-ok|report-limit|shadow-window`."""
+    NEEDS_STOPPED_GUEST = False
+
+    def __init__(self):
+        super().__init__("kmemcheck", prefix=True)
+
+    def run(self, args) -> None:
+        KMEMCHECK.finish_cleanup()
+        if not args:
+            gdb.write(status() + "\n")
+            return
+        if len(args) != 1 or args[0] not in ("0", "1", "2"):
+            raise gdb.GdbError(f"kmemcheck: unknown argument {' '.join(args)!r} "
+                               "(0 off, 1 on, 2 one-shot; see `help kmemcheck`)")
+        mode = int(args[0])
+        if mode == 0:
+            shown = KMEMCHECK.disable()
+            gdb.write(f"kmemcheck: off, {shown} hidden page(s) shown again\n")
+            return
+        from .base import require_stopped_guest
+        require_stopped_guest("kmemcheck")
+        hidden = KMEMCHECK.enable(mode)
+        gdb.write(f"kmemcheck: {'one-shot' if mode == 2 else 'on'}, tracking "
+                  f"{KMEMCHECK.scope.describe()}: {hidden} page(s) hidden\n")
+
+
+def status() -> str:
+    engine = KMEMCHECK.current_engine()
+    state = {0: "off", 1: "on", 2: "on (one-shot)"}[KMEMCHECK.mode]
+    o = KMEMCHECK.options
+    lines = [f"kmemcheck: {state}", f"tracked: {KMEMCHECK.scope.describe()}",
+             f"hidden pages: {len(KMEMCHECK.pages)}"]
+    if engine is not None:
+        st = engine.stats
+        lines += [
+            f"tracked objects: {engine.tracked_objects()} allocated",
+            f"reports: {len(engine.reports)} ({st.lost} lost over the limit, "
+            f"{st.suppressed} suppressed)",
+            f"tracked accesses: {st.faults} ({st.emulated} emulated in one stop, "
+            f"{st.stepped} single-stepped, {st.allocator} by the allocator; fast path "
+            f"{engine.fast_fraction():.1%})"]
+    lines.append(f"options: partial-ok {'on' if o.partial_ok else 'off'}, bitfield-ok "
+                 f"{'on' if o.bitfield_ok else 'off'}, report-limit {o.report_limit}, "
+                 f"shadow-window {o.window_log2} ({1 << o.window_log2} bytes)")
+    if KMEMCHECK.suppressions:
+        lines.append("suppressions: " + ", ".join(s.text for s in KMEMCHECK.suppressions))
+    return "\n".join(lines)
+
+
+class KmemcheckTrack(KmemCommand):
+    """Choose which heap objects kmemcheck watches (each watched access stops the guest).
+
+Usage: kmemcheck track all | cache NAME | module NAME
+  cache NAME    objects of slab cache NAME (/sys/kernel/slab/NAME; glob patterns work)
+  all           every slab cache except task_struct, kmem_cache, kmem_cache_node (slow)
+  module NAME   objects allocated by module NAME's code
+Nothing is tracked until asked. Works with kmemcheck on or off."""
+    PARSER = parser("kmemcheck track", "Choose what kmemcheck watches.")
+    PARSER.add_argument("what", choices=["all", "cache", "module"])
+    PARSER.add_argument("name", nargs="?")
+    NEEDS_STOPPED_GUEST = False
+
+    def __init__(self):
+        super().__init__("kmemcheck track")
+
+    def run(self, args) -> None:
+        scope = KMEMCHECK.scope
+        if args.what != "all" and not args.name:
+            raise gdb.GdbError(f"kmemcheck track: {args.what} needs a NAME")
+        if args.what == "all":
+            scope.all = True
+        elif args.what == "cache":
+            scope.caches.add(args.name)
+            scope.notrack.discard(args.name)
+        else:
+            raise gdb.GdbError("kmemcheck track: module scope is not available yet; track the "
+                               "module's caches with `kmemcheck track cache NAME`")
+        changed = KMEMCHECK.apply_scope()
+        gdb.write(f"kmemcheck: tracking {scope.describe()}"
+                  + (f" ({changed} page(s) hidden now)" if KMEMCHECK.engine else "") + "\n")
+
+
+class KmemcheckNotrack(KmemCommand):
+    """Stop watching a slab cache (the counterpart of the kernel's SLAB_NOTRACK).
+
+Usage: kmemcheck notrack cache NAME"""
+    PARSER = parser("kmemcheck notrack", "Stop watching a cache.")
+    PARSER.add_argument("what", choices=["cache"])
+    PARSER.add_argument("name")
+    NEEDS_STOPPED_GUEST = False
+
+    def __init__(self):
+        super().__init__("kmemcheck notrack")
+
+    def run(self, args) -> None:
+        KMEMCHECK.scope.notrack.add(args.name)
+        KMEMCHECK.scope.caches.discard(args.name)
+        KMEMCHECK.apply_scope()
+        gdb.write(f"kmemcheck: tracking {KMEMCHECK.scope.describe()}\n")
+
+
+class KmemcheckShadow(KmemCommand):
+    """Print kmemcheck's shadow of a range: a unallocated, u uninitialized, i initialized, f freed.
+
+Usage: kmemcheck shadow ADDR [LEN]
+LEN defaults to the shadow window (set kmemcheck shadow-window). Untracked bytes print as '.'."""
+    PARSER = parser("kmemcheck shadow", "Print the shadow of a range.")
+    PARSER.add_argument("addr", type=address)
+    PARSER.add_argument("length", type=lambda t: int(t, 0), nargs="?")
+    NEEDS_STOPPED_GUEST = False
+
+    def __init__(self):
+        super().__init__("kmemcheck shadow")
+
+    def run(self, args) -> None:
+        engine = KMEMCHECK.current_engine()
+        if engine is None:
+            raise gdb.GdbError("kmemcheck shadow: kmemcheck has not run yet (`kmemcheck 1`)")
+        length = args.length or (1 << KMEMCHECK.options.window_log2)
+        if not 0 < length <= 1 << 20:
+            raise gdb.GdbError("kmemcheck shadow: LEN must be between 1 and 1048576")
+        states = engine.shadow.get(args.addr, length)
+        for row in range(0, length, 32):
+            letters = "".join("." if not engine.shadow.tracked(args.addr + row + i) else S.LETTERS[s]
+                              for i, s in enumerate(states[row:row + 32].tolist()))
+            gdb.write(f"{args.addr + row:#018x}: {letters}\n")
+
+
+class KmemcheckReport(KmemCommand):
+    """Show kmemcheck's reports so far.
+
+Usage: kmemcheck report [--json]"""
+    PARSER = parser("kmemcheck report", "Show the reports.")
+    PARSER.add_argument("--json", action="store_true", help="one JSON object on one line")
+    NEEDS_STOPPED_GUEST = False
+
+    def __init__(self):
+        super().__init__("kmemcheck report")
+
+    def run(self, args) -> None:
+        engine = KMEMCHECK.current_engine()
+        reports = engine.reports if engine else []
+        if args.json:
+            st = engine.stats if engine else None
+            gdb.write(json.dumps({
+                "enabled": KMEMCHECK.mode != 0, "scope": KMEMCHECK.scope.describe(),
+                "reports": [finding_json(f) for f in reports],
+                "stats": st.__dict__ if st else {},
+                "fast_path_fraction": engine.fast_fraction() if engine else None}) + "\n")
+            return
+        for finding in reports:
+            gdb.write(render_finding(finding, painter()) + "\n\n")
+        gdb.write(f"kmemcheck: {len(reports)} report(s)\n")
+
+
+class KmemcheckSuppress(KmemCommand):
+    """Do not report matching findings (host-side __GFP_NOTRACK_FALSE_POSITIVE).
+
+Usage: kmemcheck suppress site=FUNCTION-GLOB | cache=GLOB | field=STRUCT.FIELD-GLOB
+  site    the object's allocation backtrace has a function matching the glob
+  cache   the object's slab cache matches
+  field   the accessed bytes are that field (`check_req.timeout`, `sk_buff.*`)
+`kmemcheck suppress --clear` removes them all; `kmemcheck` lists them."""
+    PARSER = parser("kmemcheck suppress", "Suppress matching findings.")
+    PARSER.add_argument("spec", nargs="?")
+    PARSER.add_argument("--clear", action="store_true")
+    NEEDS_STOPPED_GUEST = False
+
+    def __init__(self):
+        super().__init__("kmemcheck suppress")
+
+    def run(self, args) -> None:
+        if args.clear:
+            KMEMCHECK.suppressions.clear()
+            gdb.write("kmemcheck: suppressions cleared\n")
+            return
+        if not args.spec:
+            raise gdb.GdbError("kmemcheck suppress: give site=GLOB, cache=GLOB or field=STRUCT.FIELD")
+        KMEMCHECK.suppressions.append(Suppression(args.spec))
+        gdb.write(f"kmemcheck: suppressing {args.spec}\n")
+
+
+class _Option(gdb.Parameter):
+    def __init__(self, name: str, kind, attr: str, doc: str, *extra):
+        self.__doc__ = doc
+        self.set_doc = f"Set kmemcheck's {name}."
+        self.show_doc = f"Show kmemcheck's {name}."
+        super().__init__(f"kmemcheck {name}", gdb.COMMAND_DATA, kind, *extra)
+        self.attr = attr
+        self.value = getattr(KMEMCHECK.options, attr)
+
+    def get_set_string(self) -> str:
+        value = self.value
+        if self.attr == "window_log2" and not 2 <= value <= 8:
+            self.value = KMEMCHECK.options.window_log2
+            raise gdb.GdbError("kmemcheck shadow-window: log2 bytes between 2 and 8")
+        if self.attr == "report_limit" and value < 1:
+            self.value = KMEMCHECK.options.report_limit
+            raise gdb.GdbError("kmemcheck report-limit: at least 1")
+        setattr(KMEMCHECK.options, self.attr, value)
+        return ""
+
+
+class _Prefix(gdb.Command):
+    def __init__(self, name: str):
+        super().__init__(name, gdb.COMMAND_DATA, prefix=True)
+
+
+def register() -> None:
+    _Prefix("set kmemcheck")
+    _Prefix("show kmemcheck")
+    _Option("partial-ok", gdb.PARAM_BOOLEAN, "partial_ok",
+            "A read is fine when any of its bytes is initialized (a 16-bit field read with a "
+            "32-bit load), as CONFIG_KMEMCHECK_PARTIAL_OK did.")
+    _Option("bitfield-ok", gdb.PARAM_BOOLEAN, "bitfield_ok",
+            "Uninitialized bits of bitfield storage are not reported (what the kernel's "
+            "kmemcheck_annotate_bitfield() did, found from DWARF instead).")
+    _Option("report-limit", gdb.PARAM_ZUINTEGER, "report_limit",
+            "Reports kept (the kernel's error queue size); later ones are counted as lost.")
+    _Option("shadow-window", gdb.PARAM_ZUINTEGER, "window_log2",
+            "Bytes of memory and shadow shown around a reported address, as log2 (5: 32 bytes).")
+    for cls in (Kmemcheck, KmemcheckTrack, KmemcheckNotrack, KmemcheckShadow, KmemcheckReport,
+                KmemcheckSuppress):
+        cls()

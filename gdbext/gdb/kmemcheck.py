@@ -1,0 +1,406 @@
+"""Host-side kmemcheck in gdb: the page-fault hook, the slab hooks, and page hiding.
+
+One silent breakpoint sits at spurious_kernel_fault(), the first thing the kernel calls for a
+fault on a kernel address (arch/x86/mm/fault.c, 6.1), so user-space page faults never stop the
+guest. For a fault on a page kmemcheck hid, the faulting context is read from the struct pt_regs
+the entry code saved, the instruction is completed on the host by editing that pt_regs in guest
+RAM, and spurious_kernel_fault is made to return 1 by moving rip to a `mov eax,1; ret` in kernel
+text: the kernel's own exception exit then resumes the interrupted code after the instruction.
+One guest stop and one register write per tracked access.
+
+Instructions the host cannot emulate are single-stepped by the guest itself: the page is shown,
+TF is set in the saved flags, and the #DB that follows the instruction is caught at
+asm_exc_debug, where the page is hidden again and the trap undone.
+"""
+from __future__ import annotations
+
+import fnmatch
+
+import gdb
+
+from ..core import paging, ptregs
+from ..core.codescan import RETURN_ONE, call_sites, find_bytes
+from ..core.heap.context import PAGE_SIZE, GuestContext
+from ..core.heap.slub import SlabRef, read_cache, slab_at, slabs_of
+from ..core.heap.tracks import read_alloc_track
+from ..core.hidden import ThroughHidden
+from ..core.kmemcheck import Engine, Finding, KmemcheckError, Options, Scope
+from ..core.kmemcheck_report import render_finding
+from ..core.render import Painter
+from . import settings, target
+from .heapctx import guest_context
+from .session import SESSION
+from .symbolize import frame_for
+
+MASK64 = (1 << 64) - 1
+TF = 1 << 8
+ALLOCATOR_FILES = ("mm/slub.c", "mm/slab_common.c")
+# SLUB reads free pointers through copy_from_kernel_nofault() when debug_pagealloc is on.
+ALLOCATOR_FUNCTIONS = {"copy_from_kernel_nofault"}
+
+
+class _Hook(gdb.Breakpoint):
+    """A silent internal breakpoint whose stop() hands over to ACTION (True: stay stopped)."""
+
+    def __init__(self, spec: str, action):
+        super().__init__(spec, internal=True)
+        self.silent = True
+        self.action = action
+
+    def stop(self) -> bool:
+        target.HOOK_STOPS[0] += 1
+        return self.action()
+
+
+class Suppression:
+    """`kmemcheck suppress site=GLOB | cache=GLOB | field=struct.field`."""
+
+    def __init__(self, text: str):
+        key, sep, value = text.partition("=")
+        if not sep or key not in ("site", "cache", "field") or not value:
+            raise KmemcheckError(f"bad suppression {text!r}: use site=FUNCTION-GLOB, cache=GLOB "
+                                 "or field=STRUCT.FIELD")
+        self.key, self.value, self.text = key, value, text
+
+    def matches(self, f: Finding) -> bool:
+        d = f.details
+        if self.key == "cache":
+            return f.object is not None and fnmatch.fnmatchcase(f.object.cache, self.value)
+        if self.key == "site":
+            frames = d.get("origin_backtrace") or []
+            return any(fr.symbol and fnmatch.fnmatchcase(fr.symbol.split("+")[0], self.value)
+                       for fr in frames)
+        field = d.get("field")
+        if not field:
+            return False
+        path = field["path"].removeprefix("struct ").removeprefix("union ")
+        return fnmatch.fnmatchcase(path, self.value)
+
+
+class Kmemcheck:
+    def __init__(self):
+        self.mode = 0
+        self.scope = Scope()
+        self.options = Options()
+        self.suppressions: list[Suppression] = []
+        self.engine: Engine | None = None
+        self.ctx: GuestContext | None = None
+        self.hooks: list[gdb.Breakpoint] = []
+        self.pages: set[int] = set()          # pages this checker hid
+        self.gadget = 0
+        self.regs_offset: int | None = None   # pt_regs - rsp at spurious_kernel_fault
+        self.stepping: tuple[int, int, dict] | None = None   # page, pt_regs address, regs
+        self.caches: dict[int, object] = {}
+        self.cleanup_pending = False
+        self.last_engine: Engine | None = None
+        self._always_inserted = None
+
+    # -- on / off ------------------------------------------------------------------------------
+    def enable(self, mode: int) -> int:
+        """Turn the checker on (1) or on in one-shot mode (2); returns the pages hidden."""
+        if self.scope.empty:
+            raise KmemcheckError("nothing is tracked: `kmemcheck track cache NAME` (or module NAME, "
+                                 "all) first")
+        self.options.one_shot = mode == 2
+        if self.engine is not None:
+            self.mode = mode
+            return 0
+        self.ctx = ctx = guest_context()
+        self._check_small_pages(ctx)
+        self.gadget = self._find_gadget(ctx)
+        memory = ThroughHidden(ctx.vmem, SESSION.hidden_pages(), ctx.page_offset,
+                               ctx.max_pfn * PAGE_SIZE)
+        self.engine = Engine(ctx, memory, self.options, self._is_allocator, self._keep,
+                             self._read_track)
+        self.mode = mode
+        try:
+            self._install_hooks(ctx)
+            hidden = self._track_existing(ctx)
+        except BaseException:
+            self.disable()
+            raise
+        return hidden
+
+    def disable(self) -> int:
+        """Turn off: every page kmemcheck hid is shown again; the guest keeps running."""
+        shown = self._show_pages()
+        for hook in self.hooks:
+            if hook.is_valid():
+                hook.delete()
+        self.hooks = []
+        if self._always_inserted is not None:
+            gdb.execute(f"set breakpoint always-inserted {self._always_inserted}", to_string=True)
+            self._always_inserted = None
+        self.mode = 0
+        self.cleanup_pending = False
+        self.stepping = None
+        if self.engine is not None:
+            self.last_engine = self.engine
+        self.engine = None
+        return shown
+
+    def _show_pages(self) -> int:
+        hidden = SESSION.hidden
+        count = 0
+        if hidden is not None:
+            for page in list(self.pages):
+                if hidden.show(page):
+                    count += 1
+        self.pages.clear()
+        return count
+
+    def _check_small_pages(self, ctx: GuestContext) -> None:
+        """Hiding needs a 4 KiB direct map: debug_pagealloc=on gives one."""
+        probe = ctx.page_offset + (ctx.max_pfn // 2) * PAGE_SIZE
+        try:
+            paging.find_pte(ctx.phys, target.register("cr3"), probe)
+        except paging.LargePage:
+            raise KmemcheckError("the guest's direct map uses 2 MiB pages, so single heap pages "
+                                 "cannot be hidden: boot it with debug_pagealloc=on") from None
+        except paging.NotMapped:
+            pass           # a free page unmapped by debug_pagealloc: 4 KiB mapped, as wanted
+
+    def _find_gadget(self, ctx: GuestContext) -> int:
+        start = ctx.layout.sym("_stext")
+        code = ctx.vmem.read(start, 1 << 20)
+        gadget = find_bytes(code, start, RETURN_ONE)
+        if gadget is None:
+            raise KmemcheckError("no `mov eax,1; ret` in the first MiB of kernel text")
+        return gadget
+
+    def _install_hooks(self, ctx: GuestContext) -> None:
+        self._always_inserted = gdb.parameter("breakpoint always-inserted")
+        self._always_inserted = "on" if self._always_inserted is True else "off"
+        # Saves the remove/insert packets around every stop.
+        gdb.execute("set breakpoint always-inserted on", to_string=True)
+        self.hooks.append(_Hook("spurious_kernel_fault", self.on_fault))
+        self.hooks.append(_Hook("asm_exc_debug", self.on_debug_trap))
+        self.hooks.append(_Hook("__free_slab", self.on_free_slab))
+        table = SESSION.symbolizer().kernel
+        alloc = table.by_name["allocate_slab"]
+        for caller in ("___slab_alloc", "early_kmem_cache_node_alloc"):
+            sym = table.by_name.get(caller)
+            if sym is None:
+                continue
+            for site in call_sites(ctx.vmem.read(sym.addr, sym.size), sym.addr, alloc.addr):
+                self.hooks.append(_Hook(f"*{site + 5:#x}", self.on_new_slab))
+
+    def _track_existing(self, ctx: GuestContext) -> int:
+        return self._hide_caches(ctx, self._tracked_caches(ctx))
+
+    def _hide_caches(self, ctx: GuestContext, caches: dict) -> int:
+        if not caches:
+            return 0
+        hidden = 0
+        cr3 = target.register("cr3")
+        for slab in slabs_of(ctx, ctx.memmap(), list(caches)):
+            hidden += self._hide_slab(slab, caches[slab.cache], cr3, fresh=False)
+        target.flush_tlb_all()
+        return hidden
+
+    def apply_scope(self) -> int:
+        """While on: hide the slabs of caches that became tracked, show those no longer tracked.
+        Returns the pages hidden."""
+        if self.engine is None:
+            return 0
+        caches = self._tracked_caches(self.ctx)
+        hidden = SESSION.hidden_pages()
+        known = set()
+        for page, (_slab, cache) in list(self.engine.slabs.items()):
+            if cache.address in caches:
+                known.add(cache.address)
+                continue
+            hidden.show(page)
+            self.pages.discard(page)
+            self.engine.untrack_page(page)
+        return self._hide_caches(self.ctx, {a: c for a, c in caches.items() if a not in known})
+
+    def _tracked_caches(self, ctx: GuestContext) -> dict:
+        from ..core.kernel import container_entries
+        out = {}
+        for s in container_entries(ctx.vmem, ctx.layout, "slab_caches", "kmem_cache.list"):
+            cache = self._cache(s)
+            if self.scope.tracks_cache(cache.name):
+                out[s] = cache
+        return out
+
+    def _cache(self, address: int):
+        cache = self.caches.get(address)
+        if cache is None:
+            cache = self.caches[address] = read_cache(self.ctx, address)
+        return cache
+
+    def _hide_slab(self, slab: SlabRef, cache, cr3: int, fresh: bool) -> int:
+        hidden = SESSION.hidden_pages()
+        count = 0
+        for page in self.engine.track_slab(slab, cache, fresh):
+            try:
+                hidden.hide(cr3, page, flush=False)
+            except paging.PagingError:
+                self.engine.untrack_page(page)
+                continue
+            self.pages.add(page)
+            count += 1
+        return count
+
+    # -- hooks (inside Breakpoint.stop: no breakpoint changes, no execution control) ------------
+    def _frame_register(self, name: str) -> int:
+        return int(gdb.selected_frame().read_register(name)) & MASK64
+
+    def on_fault(self) -> bool:
+        engine = self.engine
+        if engine is None:
+            return False
+        addr = self._frame_register("rsi")
+        if not engine.tracked_page(addr):
+            return False                 # not ours: the kernel handles it
+        try:
+            self._complete(addr)
+        except Exception as exc:         # never leave the guest faulting on a hidden page
+            gdb.write(f"kmemcheck: turned off after an internal error at {addr:#x}: {exc}\n")
+            self._show_pages()
+            self.engine = None
+            self.cleanup_pending = True
+        target.set_register("rip", self.gadget)
+        return False
+
+    def _complete(self, addr: int) -> None:
+        engine = self.engine
+        memory = engine.memory
+        regs_addr = self._pt_regs(self._frame_register("rsp"))
+        saved = ptregs.unpack(memory.read(regs_addr, ptregs.SIZE))
+        regs = dict(saved, fs_base=self._frame_register("fs_base"),
+                    gs_base=self._frame_register("gs_base"))
+        outcome = engine.handle(regs, memory.read(regs["rip"], 16))
+        for finding in outcome.findings:
+            gdb.write(render_finding(finding, Painter(settings.color_enabled())) + "\n")
+        if outcome.regs is None:
+            self._step_natively(addr, regs_addr, saved)
+        else:
+            for offset, data in ptregs.changed_fields(saved, outcome.regs):
+                memory.write(regs_addr + offset, data)
+        if outcome.turn_off:
+            gdb.write("kmemcheck: one-shot report done, turning off\n")
+            self._show_pages()
+            self.engine, self.last_engine = None, engine
+            self.cleanup_pending = True
+
+    def _pt_regs(self, rsp: int) -> int:
+        """Where the entry code saved the faulting context, relative to rsp at
+        spurious_kernel_fault: found once by its shape, then checked each time."""
+        memory = self.engine.memory
+        if self.regs_offset is not None:
+            regs = ptregs.unpack(memory.read(rsp + self.regs_offset, ptregs.SIZE))
+            if ptregs.looks_like_kernel_frame(regs):
+                return rsp + self.regs_offset
+        raw = memory.read(rsp, 4096 - (rsp & 0xFFF) if (rsp & 0xFFF) > 2048 else 2048)
+        for off in range(0, len(raw) - ptregs.SIZE + 1, 8):
+            regs = ptregs.unpack(raw[off:off + ptregs.SIZE])
+            if (regs["orig_ax"] == MASK64 and ptregs.looks_like_kernel_frame(regs)
+                    and regs["rsp"] in (rsp + off + ptregs.SIZE, rsp + off + ptregs.SIZE + 8)):
+                self.regs_offset = off
+                return rsp + off
+        raise KmemcheckError(f"no struct pt_regs found above rsp {rsp:#x}")
+
+    def _step_natively(self, addr: int, regs_addr: int, saved: dict) -> None:
+        """Let the guest run the instruction itself with the page shown, trapping after it."""
+        page = addr & ~(PAGE_SIZE - 1)
+        SESSION.hidden_pages().show(page)
+        self.pages.discard(page)
+        self.engine.memory.write(regs_addr + ptregs.OFFSET["rflags"],
+                                 (saved["rflags"] | TF).to_bytes(8, "little"))
+        self.stepping = (page, saved["rflags"])
+
+    def on_debug_trap(self) -> bool:
+        """The #DB after a natively stepped instruction: hide the page again, undo the trap."""
+        if self.stepping is None:
+            return False
+        page, rflags = self.stepping
+        self.stepping = None
+        rsp = self._frame_register("rsp")
+        frame = (self.engine or self.last_engine).memory.read(rsp, 40)
+        rip, _cs, flags, old_rsp, _ss = (int.from_bytes(frame[i:i + 8], "little") for i in range(0, 40, 8))
+        if self.engine is not None:
+            try:
+                SESSION.hidden_pages().hide(target.register("cr3"), page, flush=False)
+                self.pages.add(page)
+            except paging.PagingError:
+                self.engine.untrack_page(page)
+            target.flush_tlb()
+        target.set_register("eflags", (flags & ~TF) | (rflags & TF))
+        target.set_register("rsp", old_rsp)
+        target.set_register("rip", rip)
+        return False
+
+    def on_new_slab(self) -> bool:
+        if self.engine is None:
+            return False
+        slab_struct = self._frame_register("rax")
+        if not slab_struct:
+            return False
+        try:
+            cache = self._cache(self.ctx.u64(slab_struct + self.ctx.layout.off("slab.slab_cache")))
+            if self.scope.tracks_cache(cache.name):
+                slab = slab_at(self.ctx, self.ctx.page_offset + (slab_struct - self.ctx.vmemmap) // 64 * PAGE_SIZE)
+                if slab is not None and self._hide_slab(slab, cache, target.register("cr3"), fresh=True):
+                    target.flush_tlb()
+        except Exception as exc:
+            gdb.write(f"kmemcheck: new slab at {slab_struct:#x} not tracked: {exc}\n")
+        return False
+
+    def on_free_slab(self) -> bool:
+        """A slab goes back to the page allocator: stop hiding and shadowing its pages."""
+        if self.engine is None:
+            return False
+        slab_struct = self._frame_register("rsi")
+        base = self.ctx.page_offset + (slab_struct - self.ctx.vmemmap) // 64 * PAGE_SIZE
+        if not self.engine.tracked_page(base):
+            return False
+        _slab, cache = self.engine.slabs[base]
+        hidden = SESSION.hidden_pages()
+        for page in range(base, base + cache.slab_bytes, PAGE_SIZE):
+            hidden.show(page)
+            self.pages.discard(page)
+            self.engine.untrack_page(page)
+        return False
+
+    # -- engine callbacks -----------------------------------------------------------------------
+    def _is_allocator(self, pc: int) -> bool:
+        block = gdb.block_for_pc(pc)
+        function = None
+        while block is not None:
+            if block.function is not None:
+                function = block.function
+            block = block.superblock
+        if function is None:
+            located = SESSION.symbolizer().lookup(pc)
+            return bool(located and located.symbol.name in ALLOCATOR_FUNCTIONS)
+        if function.name in ALLOCATOR_FUNCTIONS:
+            return True
+        filename = function.symtab.filename if function.symtab else ""
+        return filename.endswith(ALLOCATOR_FILES)
+
+    def _read_track(self, cache, start: int) -> list[int]:
+        track = read_alloc_track(self.ctx, cache, start)
+        return (track.stack or [track.addr]) if track else []
+
+    def _keep(self, finding: Finding) -> bool:
+        from .kmemcheck_details import describe_finding
+        describe_finding(finding)
+        if self.options.bitfield_ok and finding.details.get("field", {}).get("kind") == "bitfield" \
+                and finding.kind == "uninitialized":
+            return False
+        return not any(s.matches(finding) for s in self.suppressions)
+
+    # -- state ------------------------------------------------------------------------------------
+    def finish_cleanup(self) -> None:
+        """Delete hooks left by a turn-off that happened inside a stop (one-shot, error)."""
+        if self.cleanup_pending:
+            self.disable()
+
+    def current_engine(self) -> Engine | None:
+        """The running engine, or the last one after a turn-off (its reports stay readable)."""
+        return self.engine or self.last_engine
+
+
+KMEMCHECK = Kmemcheck()
