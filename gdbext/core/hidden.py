@@ -109,6 +109,8 @@ class ThroughHidden:
             size -= n
 
     def read(self, vaddr: int, size: int) -> bytes:
+        if (vaddr & (paging.PAGE_SIZE - 1)) + size <= paging.PAGE_SIZE:   # one page
+            return self.vmem.phys.read(self.to_phys(vaddr), size)
         return b"".join(self.vmem.phys.read(paddr, n) for paddr, n in self._spans(vaddr, size))
 
     def write(self, vaddr: int, data: bytes) -> None:

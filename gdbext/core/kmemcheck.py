@@ -32,6 +32,17 @@ NEVER_TRACKED = frozenset({"task_struct", "kmem_cache", "kmem_cache_node"})
 SLAB_TYPESAFE_BY_RCU = 0x00080000       # include/linux/slab.h (6.1): freed objects stay readable
 
 
+ELEMENT_SIZES = {"b": 1, "w": 2, "d": 4, "q": 8}
+
+
+def string_element_size(text: str) -> int:
+    """Bytes moved per iteration by a string instruction ("rep movsq ..." -> 8)."""
+    for word in text.split():
+        if word.startswith(("movs", "stos", "lods", "cmps", "scas")) and len(word) == 5:
+            return ELEMENT_SIZES.get(word[-1], 1)
+    return 1
+
+
 class KmemcheckError(Exception):
     """A kmemcheck request the guest cannot satisfy (one line, says what to do)."""
 
@@ -147,6 +158,25 @@ class FaultOutcome:
     turn_off: bool = False          # one-shot mode fired
 
 
+class _BelowStackGuard:
+    """The exception frame (struct pt_regs) lies just below the interrupted stack pointer, so an
+    instruction that pushes (call [mem], push [mem]) cannot be completed by editing pt_regs: it
+    is refused before anything is written, and single-stepped by the guest instead."""
+    DEPTH = 4096
+
+    def __init__(self, memory, rsp: int):
+        self.memory = memory
+        self.rsp = rsp
+
+    def read(self, vaddr: int, size: int) -> bytes:
+        return self.memory.read(vaddr, size)
+
+    def write(self, vaddr: int, data: bytes) -> None:
+        if self.rsp - self.DEPTH < vaddr + len(data) and vaddr < self.rsp:
+            raise emulate.Unsupported("writes below the interrupted stack pointer")
+        self.memory.write(vaddr, data)
+
+
 class Engine:
     """Tracked slabs, object lifetimes, the shadow, and the per-fault decisions.
 
@@ -214,7 +244,7 @@ class Engine:
         self.stats.faults += 1
         pc = regs["rip"]
         try:
-            effect = emulate.emulate(code, regs, self.memory)
+            effect = emulate.emulate(code, regs, _BelowStackGuard(self.memory, regs["rsp"]))
         except emulate.Unsupported:
             try:
                 insn = decode(code, pc, regs)
@@ -335,7 +365,7 @@ class Engine:
         out of kmemcheck's view (to untracked memory: the stack, user space) is reported, with
         the source object, like the siginfo example of Documentation/kmemcheck.txt."""
         dst, src, size = copy
-        element = ops[0].size if ops else 1
+        element = string_element_size(text)
         found = []
         src_tracked = self.shadow.any_tracked(src, size)
         dst_tracked = self.shadow.any_tracked(dst, size)

@@ -32,18 +32,21 @@ class Verdict:
 
 
 class Shadow:
-    """Shadow of tracked pages (PAGE-aligned regions): byte states and origins in numpy arrays."""
+    """Shadow of tracked pages (PAGE-aligned regions): one state byte and one origin id per byte.
+
+    States live in bytearrays, origins in numpy arrays: a check on the per-access path is a
+    slice and a count, with no array allocation."""
 
     def __init__(self, page_size: int = 4096):
         self.page_size = page_size
-        self.pages: dict[int, np.ndarray] = {}
+        self.pages: dict[int, bytearray] = {}
         self.origins: dict[int, np.ndarray] = {}
 
     def track(self, start: int, size: int, state: int = UNALLOCATED) -> None:
         """Give [start, start+size) a shadow (whole pages), initially STATE."""
         for page in range(start & ~(self.page_size - 1), start + size, self.page_size):
             if page not in self.pages:
-                self.pages[page] = np.full(self.page_size, state, np.uint8)
+                self.pages[page] = bytearray([state]) * self.page_size
                 self.origins[page] = np.zeros(self.page_size, np.uint32)
 
     def untrack(self, start: int, size: int) -> None:
@@ -71,33 +74,34 @@ class Shadow:
 
     def set(self, start: int, size: int, state: int, origin: int = 0) -> None:
         """Mark a range (allocation, free, write); untracked parts are ignored."""
-        self._store(start, np.full(size, state, np.uint8), np.full(size, origin, np.uint32))
-
-    def _store(self, start: int, states: np.ndarray, origins: np.ndarray) -> None:
-        pos = 0
-        for page, off, n in self._spans(start, len(states)):
+        for page, off, n in self._spans(start, size):
             buf = self.pages.get(page)
             if buf is not None:
-                buf[off:off + n] = states[pos:pos + n]
-                self.origins[page][off:off + n] = origins[pos:pos + n]
-            pos += n
+                buf[off:off + n] = bytes([state]) * n
+                self.origins[page][off:off + n] = origin
 
-    def _load(self, table: dict[int, np.ndarray], start: int, size: int, fill: int, dtype) -> np.ndarray:
-        out = np.full(size, fill, dtype)
+    def get(self, start: int, size: int) -> bytes:
+        """States of a range; untracked bytes read as INITIALIZED (nothing to say about them)."""
+        page = start & ~(self.page_size - 1)
+        off = start - page
+        if off + size <= self.page_size:           # the common case: one page
+            buf = self.pages.get(page)
+            return bytes([INITIALIZED]) * size if buf is None else bytes(buf[off:off + size])
+        out = bytearray()
+        for page, off, n in self._spans(start, size):
+            buf = self.pages.get(page)
+            out += bytes([INITIALIZED]) * n if buf is None else buf[off:off + n]
+        return bytes(out)
+
+    def get_origins(self, start: int, size: int) -> np.ndarray:
+        out = np.zeros(size, np.uint32)
         pos = 0
         for page, off, n in self._spans(start, size):
-            buf = table.get(page)
+            buf = self.origins.get(page)
             if buf is not None:
                 out[pos:pos + n] = buf[off:off + n]
             pos += n
         return out
-
-    def get(self, start: int, size: int) -> np.ndarray:
-        """States of a range; untracked bytes read as INITIALIZED (nothing to say about them)."""
-        return self._load(self.pages, start, size, INITIALIZED, np.uint8)
-
-    def get_origins(self, start: int, size: int) -> np.ndarray:
-        return self._load(self.origins, start, size, 0, np.uint32)
 
     def check(self, start: int, size: int, partial_ok: bool = False,
               ignore: frozenset[int] = frozenset()) -> Verdict:
@@ -106,17 +110,16 @@ class Shadow:
         IGNORE holds offsets (from START) whose state does not count (bitfield storage)."""
         states = self.get(start, size)
         if ignore:
-            states[[i for i in ignore if i < size]] = INITIALIZED
-        good = states == INITIALIZED
-        if good.all():
+            states = bytes(INITIALIZED if i in ignore else s for i, s in enumerate(states))
+        good = states.count(INITIALIZED)
+        if good == size:
             return Verdict(INITIALIZED, None)
-        if partial_ok and good.any() and not (states == FREED).any() \
-                and not (states == UNALLOCATED).any():
+        if partial_ok and good and FREED not in states and UNALLOCATED not in states:
             return Verdict(INITIALIZED, None)
         for worst in (FREED, UNALLOCATED, UNINITIALIZED):
-            hits = np.nonzero(states == worst)[0]
-            if len(hits):
-                return Verdict(worst, start + int(hits[0]))
+            hit = states.find(worst)
+            if hit >= 0:
+                return Verdict(worst, start + hit)
         return Verdict(INITIALIZED, None)
 
     def check_read(self, start: int, size: int, partial_ok: bool = False) -> Verdict:
@@ -125,7 +128,14 @@ class Shadow:
     def copy(self, dst: int, src: int, size: int) -> None:
         """movs between memory: the destination takes the source's states and origins (untracked
         source bytes count as initialized)."""
-        self._store(dst, self.get(src, size), self.get_origins(src, size))
+        states, origins = self.get(src, size), self.get_origins(src, size)
+        pos = 0
+        for page, off, n in self._spans(dst, size):
+            buf = self.pages.get(page)
+            if buf is not None:
+                buf[off:off + n] = states[pos:pos + n]
+                self.origins[page][off:off + n] = origins[pos:pos + n]
+            pos += n
 
     def letters(self, start: int, size: int) -> str:
         return "".join(LETTERS[s] for s in self.get(start, size))

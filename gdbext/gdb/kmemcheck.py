@@ -15,6 +15,7 @@ asm_exc_debug, where the page is hidden again and the trap undone.
 from __future__ import annotations
 
 import fnmatch
+import os
 
 import gdb
 
@@ -33,7 +34,10 @@ from .session import SESSION
 from .symbolize import frame_for
 
 MASK64 = (1 << 64) - 1
+# KMEMGDB_KMEMCHECK_TRACE=FILE logs every tracked access (debugging kmemgdb itself).
+TRACE = open(os.environ["KMEMGDB_KMEMCHECK_TRACE"], "w") if os.environ.get("KMEMGDB_KMEMCHECK_TRACE") else None
 TF = 1 << 8
+FAULT_REGISTERS = target.RawRegisters(("rsi", "rsp", "fs_base", "gs_base"))
 ALLOCATOR_FILES = ("mm/slub.c", "mm/slab_common.c")
 # SLUB reads free pointers through copy_from_kernel_nofault() when debug_pagealloc is on.
 ALLOCATOR_FUNCTIONS = {"copy_from_kernel_nofault"}
@@ -49,7 +53,11 @@ class _Hook(gdb.Breakpoint):
 
     def stop(self) -> bool:
         target.HOOK_STOPS[0] += 1
-        return self.action()
+        try:
+            return self.action()
+        except Exception as exc:      # a hook must not stop the guest by raising
+            gdb.write(f"kmemcheck: {self.location}: {type(exc).__name__}: {exc}\n")
+            return False
 
 
 class Suppression:
@@ -251,27 +259,31 @@ class Kmemcheck:
         engine = self.engine
         if engine is None:
             return False
-        addr = self._frame_register("rsi")
+        registers = FAULT_REGISTERS.read()
+        addr = registers["rsi"]           # spurious_kernel_fault(error_code, address)
         if not engine.tracked_page(addr):
             return False                 # not ours: the kernel handles it
         try:
-            self._complete(addr)
+            self._complete(addr, registers)
         except Exception as exc:         # never leave the guest faulting on a hidden page
             gdb.write(f"kmemcheck: turned off after an internal error at {addr:#x}: {exc}\n")
             self._show_pages()
             self.engine = None
             self.cleanup_pending = True
-        target.set_register("rip", self.gadget)
+        target.set_pc(self.gadget)
         return False
 
-    def _complete(self, addr: int) -> None:
+    def _complete(self, addr: int, registers: dict[str, int]) -> None:
         engine = self.engine
         memory = engine.memory
-        regs_addr = self._pt_regs(self._frame_register("rsp"))
+        regs_addr = self._pt_regs(registers["rsp"])
         saved = ptregs.unpack(memory.read(regs_addr, ptregs.SIZE))
-        regs = dict(saved, fs_base=self._frame_register("fs_base"),
-                    gs_base=self._frame_register("gs_base"))
+        regs = dict(saved, fs_base=registers["fs_base"], gs_base=registers["gs_base"])
         outcome = engine.handle(regs, memory.read(regs["rip"], 16))
+        if TRACE:
+            TRACE.write(f"{addr:#x} rip={regs['rip']:#x} rsp={regs['rsp']:#x} pt_regs={regs_addr:#x} "
+                        f"new_rip={(outcome.regs or {}).get('rip', 0):#x}\n")
+            TRACE.flush()
         for finding in outcome.findings:
             gdb.write(render_finding(finding, Painter(settings.color_enabled())) + "\n")
         if outcome.regs is None:

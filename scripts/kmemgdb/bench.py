@@ -96,3 +96,69 @@ def bench_kmemleak(runs: int = 2) -> int:
             print(f"scan, {r['name']}: {r['scan_ms']} ms for {r['objects']} objects "
                   f"= {r['scan_ms'] / 1000 / kernel:.2f}x the in-kernel `echo scan` ({kernel * 1000:.0f} ms)")
     return 0
+
+
+# -- kmemcheck -------------------------------------------------------------------------------
+CHECK_CASES = ("uninit8 uninit16 uninit32 uninit64 zeroed memset partial memcpy padding uaf "
+               "notrack kmalloc32 kzalloc").split()
+LIGHT_WORKLOAD = "ls -R /sys/kernel/slab > /dev/null; cat /proc/meminfo > /dev/null"
+
+
+def _kmemcheck_stats(lab) -> dict:
+    import json
+    out = lab.gdb.checked("kmemcheck report --json")
+    return json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])["stats"]
+
+
+def _tracked_run(lab, command: str, timeout: float = 600) -> tuple[float, dict]:
+    """Guest seconds of COMMAND and the kmemcheck counters it added."""
+    lab.gdb.interrupt()
+    before = _kmemcheck_stats(lab)
+    lab.gdb.cont()
+    seconds = _guest_seconds(lab, command)
+    lab.gdb.interrupt()
+    after = _kmemcheck_stats(lab)
+    lab.gdb.cont()
+    return seconds, {k: after[k] - before.get(k, 0) for k in after}
+
+
+def _gdb_all(lab, *commands: str) -> None:
+    lab.gdb.interrupt()
+    for command in commands:
+        lab.gdb.checked(command)
+    lab.gdb.cont()
+
+
+def bench_kmemcheck(runs: int = 2, loop: int = 3000, busy_cache: str = "kmalloc-192") -> int:
+    from .kernel import ensure_kernel
+    from .modbuild import build_module
+    ko = build_module(ensure_kernel(), Path(__file__).resolve().parents[2] / "tests/modules/kmemgdb_check")[0]
+    with tempfile.TemporaryDirectory(prefix="kmemgdb-bench-") as tmp:
+        with booted(LabOptions(modules=[ko], append=["debug_pagealloc=on"]), Path(tmp)) as lab:
+            lab.run("insmod /modules/kmemgdb_check.ko")
+            plain = min(_guest_seconds(lab, WORKLOAD) for _ in range(runs))
+            light_plain = min(_guest_seconds(lab, LIGHT_WORKLOAD) for _ in range(runs))
+            _gdb_all(lab, "kmemcheck track cache kmemgdb_check", "kmemcheck 1")
+            small = min(_tracked_run(lab, WORKLOAD)[0] for _ in range(runs))
+            loop_s, loop_stats = _tracked_run(
+                lab, f"echo 'loop {loop}' > /sys/kernel/debug/kmemgdb_check")
+            cases = " ".join(f"echo {c} > /sys/kernel/debug/kmemgdb_check;" for c in CHECK_CASES)
+            _, case_stats = _tracked_run(lab, cases)
+            _gdb_all(lab, "kmemcheck 0", "kmemcheck notrack cache kmemgdb_check",
+                     f"kmemcheck track cache {busy_cache}", "kmemcheck 1")
+            busy_s, busy_stats = _tracked_run(lab, LIGHT_WORKLOAD)
+            _gdb_all(lab, "kmemcheck 0")
+    fraction = lambda st: st["emulated"] / st["faults"] if st["faults"] else 0.0
+    print(f"\nguest workload {WORKLOAD!r}, best of {runs}:")
+    print(f"  plain (debug_pagealloc=on, gdb attached)  {plain:6.2f} s  1.00x")
+    print(f"  kmemcheck on, small unused cache tracked  {small:6.2f} s  {small / plain:5.2f}x")
+    print(f"tight read loop over one tracked object ({loop} reads): {loop_stats['faults']} tracked "
+          f"accesses in {loop_s:.2f} s = {loop_stats['faults'] / loop_s:.0f} accesses/s, "
+          f"fast path {fraction(loop_stats):.1%}")
+    print(f"test module cases ({len(CHECK_CASES)}): {case_stats['faults']} tracked accesses, "
+          f"fast path {fraction(case_stats):.1%}, {case_stats['stepped']} single-stepped")
+    print(f"light workload {LIGHT_WORKLOAD!r} with {busy_cache} tracked: {busy_s:.2f} s vs "
+          f"{light_plain:.2f} s plain = {busy_s / light_plain:.1f}x; {busy_stats['faults']} tracked "
+          f"accesses ({busy_stats['faults'] / busy_s:.0f}/s), fast path {fraction(busy_stats):.1%}, "
+          f"{busy_stats['stepped']} single-stepped, {busy_stats['findings']} findings")
+    return 0

@@ -10,12 +10,7 @@ import sys
 from pathlib import Path
 
 from .errors import KmemgdbError
-from .run import LAB_ERRORS, RunOptions, Step, run
-
-UNAVAILABLE = {
-    "kmemcheck": "--kmemcheck is not available yet: host-side kmemcheck is tracked in issue 4",
-}
-
+from .run import LAB_ERRORS, KmemcheckSpec, RunOptions, Step, run
 
 class UsageError(KmemgdbError):
     pass
@@ -55,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--insmod", metavar="KO", action=_StepAction, help="load a module (repeatable)")
     r.add_argument("--exec", metavar="CMD", action=_StepAction, help="guest shell command (repeatable)")
     r.add_argument("--kmemleak", action="store_true", help="host-side leak check")
-    r.add_argument("--kmemcheck", metavar="SPEC", help="host-side uninitialized-read check")
+    r.add_argument("--kmemcheck", metavar="SPEC",
+                   help="host-side uninitialized-read check: comma-separated cache:NAME, "
+                        "module:NAME, all, notrack:NAME, oneshot, partial-ok=off, bitfield-ok=off")
     r.add_argument("--json", type=Path, metavar="FILE", help="write the JSON report here")
     r.add_argument("--timeout", type=float, default=600, metavar="SECONDS")
     r.add_argument("--reference-kmemleak", action="store_true",
@@ -64,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workdir", type=Path, help="keep console, gdb and QEMU logs here")
 
     bench = sub.add_parser("bench", help="benchmarks that print ratios")
-    bench.add_argument("what", choices=["kmemleak"])
+    bench.add_argument("what", choices=["kmemleak", "kmemcheck"])
     bench.add_argument("--runs", type=int, default=2)
 
     demo = sub.add_parser("demo", help="boot, attach gdb, show what the extension sees")
@@ -115,8 +112,8 @@ def _dispatch(args) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "bench":
-        from .bench import bench_kmemleak
-        return bench_kmemleak(args.runs)
+        from .bench import bench_kmemcheck, bench_kmemleak
+        return (bench_kmemcheck if args.what == "kmemcheck" else bench_kmemleak)(args.runs)
     if args.command == "demo":
         # SLUB user tracking on kmalloc caches: leak reports with allocation backtraces.
         return demo.demo(args.memory, args.smp, args.append or ["slub_debug=U,kmalloc-*"])
@@ -135,6 +132,15 @@ def _print_leaks(section: dict) -> None:
           + (f", {section['suppressed']} suppressed" if section["suppressed"] else ""))
 
 
+def _print_kmemcheck(section: dict) -> None:
+    print(section.get("text", ""))
+    stats = section.get("stats") or {}
+    if stats:
+        print(f"kmemcheck: {stats['faults']} tracked accesses, "
+              f"{section['fast_path_fraction']:.1%} completed in one stop, "
+              f"{stats['stepped']} single-stepped, {stats['lost']} reports lost")
+
+
 def _resolve_module(path: Path) -> Path:
     """A .ko path, or the name of a module of the guest kernel build (`kmemleak-test`)."""
     if path.is_file() and path.suffix == ".ko":
@@ -148,8 +154,10 @@ def _resolve_module(path: Path) -> Path:
 
 
 def _run(args) -> int:
-    if args.kmemcheck:
-        raise UsageError(UNAVAILABLE["kmemcheck"])
+    try:
+        kmemcheck = KmemcheckSpec.parse(args.kmemcheck) if args.kmemcheck is not None else None
+    except KmemgdbError as exc:
+        raise UsageError(str(exc)) from None
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
     modules = [_resolve_module(p) for p in getattr(args, "modules", None) or []]
@@ -162,6 +170,7 @@ def _run(args) -> int:
                          modules=modules,
                          json_path=args.json, timeout=args.timeout,
                          reference_kmemleak=args.reference_kmemleak, kmemleak=args.kmemleak,
+                         kmemcheck=kmemcheck,
                          memory_mib=args.memory,
                          smp=args.smp, append=args.append, workdir=args.workdir)
     doc, status = run(options)
@@ -172,6 +181,8 @@ def _run(args) -> int:
             print(step["output"].rstrip("\n"))
     if doc["kmemleak"]["enabled"]:
         _print_leaks(doc["kmemleak"])
+    if doc["kmemcheck"]["enabled"]:
+        _print_kmemcheck(doc["kmemcheck"])
     if "reference_kmemleak" in doc:
         print(f"in-kernel kmemleak: {len(doc['reference_kmemleak']['leaks'])} unreferenced object(s)")
     if args.json:

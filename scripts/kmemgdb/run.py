@@ -31,6 +31,47 @@ class Step:
 
 
 @dataclass
+class KmemcheckSpec:
+    """`--kmemcheck SPEC`: comma-separated cache:NAME, module:NAME, all, notrack:NAME, oneshot,
+    partial-ok=on|off, bitfield-ok=on|off."""
+    commands: list[str] = field(default_factory=list)    # gdb commands before `kmemcheck N`
+    caches: list[str] = field(default_factory=list)
+    mode: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "KmemcheckSpec":
+        spec = cls()
+        for item in filter(None, (t.strip() for t in text.split(","))):
+            kind, _, name = item.partition(":")
+            key, eq, value = item.partition("=")
+            if item == "all":
+                spec.commands.append("kmemcheck track all")
+            elif item == "oneshot":
+                spec.mode = 2
+            elif kind in ("cache", "module", "notrack") and name:
+                verb = "notrack cache" if kind == "notrack" else f"track {kind}"
+                spec.commands.append(f"kmemcheck {verb} {name}")
+                if kind == "cache":
+                    spec.caches.append(name)
+            elif eq and key in ("partial-ok", "bitfield-ok") and value in ("on", "off"):
+                spec.commands.append(f"set kmemcheck {key} {value}")
+            else:
+                raise KmemgdbError(f"--kmemcheck: bad item {item!r} (use cache:NAME, module:NAME, "
+                                   "all, notrack:NAME, oneshot, partial-ok=on|off, bitfield-ok=on|off)")
+        if not any(c.startswith("kmemcheck track") for c in spec.commands):
+            raise KmemgdbError("--kmemcheck: nothing to track (cache:NAME, module:NAME or all)")
+        return spec
+
+    def append(self) -> list[str]:
+        """Kernel arguments: a 4 KiB direct map so single heap pages can be hidden, and SLUB
+        user tracking of the named caches for allocation backtraces."""
+        args = ["debug_pagealloc=on"]
+        if self.caches:
+            args.append("slub_debug=U," + ",".join(self.caches))
+        return args
+
+
+@dataclass
 class RunOptions:
     steps: list[Step] = field(default_factory=list)
     modules: list[Path] = field(default_factory=list)
@@ -38,6 +79,7 @@ class RunOptions:
     timeout: float = 600
     reference_kmemleak: bool = False
     kmemleak: bool = False
+    kmemcheck: KmemcheckSpec | None = None
     memory_mib: int = 256
     smp: int = 1
     append: list[str] = field(default_factory=list)
@@ -65,10 +107,14 @@ def run(options: RunOptions) -> tuple[dict, int]:
         deadline = Deadline(options.timeout)
         doc: dict = {"steps": [], "kmemleak": {"enabled": False, "leaks": []},
                      "kmemcheck": {"enabled": False, "reports": []}}
+        if options.kmemcheck:
+            doc["kmemcheck"]["enabled"] = True
         try:
             with booted(lab_opts, workdir) as lab:
                 if options.kmemleak:
                     doc["kmemleak"]["baseline"] = _kmemleak_baseline(lab, deadline)
+                if options.kmemcheck:
+                    _kmemcheck_start(lab, options.kmemcheck, deadline)
                 _run_steps(lab, options.steps, doc, deadline)
                 if options.reference_kmemleak:
                     doc["reference_kmemleak"] = _reference_kmemleak(lab, deadline)
@@ -76,6 +122,8 @@ def run(options: RunOptions) -> tuple[dict, int]:
                 doc["guest"] = _guest_info(lab)
                 if options.kmemleak:
                     doc["kmemleak"].update(_kmemleak_report(lab, deadline))
+                if options.kmemcheck:
+                    doc["kmemcheck"] = _kmemcheck_report(lab, deadline)
                 if options.reference_kmemleak:
                     _symbolize_reference(lab, doc["reference_kmemleak"]["leaks"])
                 doc["console"] = lab.guest.console.text
@@ -91,7 +139,8 @@ def run(options: RunOptions) -> tuple[dict, int]:
 
 
 def _append(options: RunOptions) -> list[str]:
-    return (["kmemleak=on"] if options.reference_kmemleak else []) + options.append
+    return ((["kmemleak=on"] if options.reference_kmemleak else [])
+            + (options.kmemcheck.append() if options.kmemcheck else []) + options.append)
 
 
 def _run_steps(lab: Lab, steps: list[Step], doc: dict, deadline: Deadline) -> None:
@@ -129,6 +178,29 @@ def _kmemleak_report(lab: Lab, deadline: Deadline) -> dict:
     return {"enabled": True, "leaks": report["leaks"], "suppressed": report["suppressed"],
             "objects": report["objects"], "scan_seconds": report["scan_seconds"],
             "notes": report["notes"]}
+
+
+def _kmemcheck_start(lab: Lab, spec: KmemcheckSpec, deadline: Deadline) -> None:
+    """Tracking starts before the steps: caches a module creates are picked up as their first
+    slab is made."""
+    lab.gdb.interrupt(timeout=deadline.left())
+    for command in spec.commands + [f"kmemcheck {spec.mode}"]:
+        out = lab.gdb.checked(command, timeout=deadline.left())
+        if "kmemcheck: " not in out and out.strip():
+            raise KmemgdbError(f"{command}: {out.strip()[-300:]}")
+    lab.gdb.cont()
+
+
+def _kmemcheck_report(lab: Lab, deadline: Deadline) -> dict:
+    """Reports, then kmemcheck off and a check that no page it hid stays hidden."""
+    text = lab.gdb.checked("kmemcheck report", timeout=deadline.left())
+    report = json.loads(_last_json_line(lab.gdb.checked("kmemcheck report --json")))
+    lab.gdb.checked("kmemcheck 0")
+    hidden = lab.gdb.checked("kmem pte list")
+    if not hidden.strip().startswith("0 hidden page"):
+        raise KmemgdbError(f"kmemcheck left pages hidden: {hidden.strip()[:300]}")
+    report["text"] = text.strip()
+    return report
 
 
 def _reference_kmemleak(lab: Lab, deadline: Deadline) -> dict:

@@ -15,8 +15,9 @@ def kmemgdb(*args):
 
 
 @pytest.mark.parametrize("args, message", [
-
-    (["run", "--kmemcheck", "all"], "issue 4"),
+    (["run", "--kmemcheck", "cache:"], "bad item 'cache:'"),
+    (["run", "--kmemcheck", "oneshot"], "nothing to track"),
+    (["run", "--kmemcheck", "partial-ok=maybe,all"], "bad item 'partial-ok=maybe'"),
     (["run", "--insmod", "/nonexistent.ko"], "not a .ko file nor a module of the guest kernel"),
     (["run", "--timeout", "0"], "--timeout must be positive"),
     (["run", "--frobnicate"], "unrecognized arguments"),
@@ -29,3 +30,13 @@ def test_bad_input_is_one_line_exit_2(args, message):
     assert message in res.stderr
     assert "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_kmemcheck_spec_becomes_commands_and_boot_arguments():
+    from kmemgdb.run import KmemcheckSpec
+    spec = KmemcheckSpec.parse("cache:foo,notrack:bar,oneshot,partial-ok=off")
+    assert spec.commands == ["kmemcheck track cache foo", "kmemcheck notrack cache bar",
+                             "set kmemcheck partial-ok off"]
+    assert spec.mode == 2
+    assert spec.append() == ["debug_pagealloc=on", "slub_debug=U,foo"]
+    assert KmemcheckSpec.parse("all").append() == ["debug_pagealloc=on"]

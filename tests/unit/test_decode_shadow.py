@@ -81,7 +81,7 @@ def test_shadow_copy_across_pages_and_window():
     s.track(dst, 64, UNINITIALIZED)
     s.set(src, 8, INITIALIZED)
     s.copy(dst, src, 32)                            # movs: shadow travels with the bytes
-    assert s.get(dst, 12).tolist() == [INITIALIZED] * 8 + [UNINITIALIZED] * 4
+    assert list(s.get(dst, 12)) == [INITIALIZED] * 8 + [UNINITIALIZED] * 4
     start, letters = s.window(dst + 3)
     assert start == dst & ~31 and len(letters) == 32
     assert letters == "u" * 24 + "i" * 8                # the 8 copied bytes end the window

@@ -147,7 +147,7 @@ LEN defaults to the shadow window (set kmemcheck shadow-window). Untracked bytes
         states = engine.shadow.get(args.addr, length)
         for row in range(0, length, 32):
             letters = "".join("." if not engine.shadow.tracked(args.addr + row + i) else S.LETTERS[s]
-                              for i, s in enumerate(states[row:row + 32].tolist()))
+                              for i, s in enumerate(states[row:row + 32]))
             gdb.write(f"{args.addr + row:#018x}: {letters}\n")
 
 

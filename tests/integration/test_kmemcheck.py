@@ -1,0 +1,198 @@
+"""Host-side kmemcheck on the real guest, with the acceptance module kmemgdb_check: each case
+does one known access on objects of the module's own caches (tests/modules/kmemgdb_check)."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from kmemgdb.guestlab import LabOptions, booted
+from kmemgdb.modbuild import build_module
+
+from .conftest import REPO, Stopped, expect_errors, no_python_errors
+
+CHECK_SRC = REPO / "tests" / "modules" / "kmemgdb_check"
+CACHE = "kmemgdb_check"
+
+
+@pytest.fixture(scope="module")
+def check_ko(kernel_build):
+    return build_module(kernel_build, CHECK_SRC)[0]
+
+
+@pytest.fixture(scope="module")
+def clab(check_ko, tmp_path_factory):
+    """A guest with a 4 KiB direct map and SLUB user tracking of the module's cache."""
+    opts = LabOptions(modules=[check_ko], append=["debug_pagealloc=on", f"slub_debug=U,{CACHE}"])
+    with booted(opts, tmp_path_factory.mktemp("kmemcheck")) as lab:
+        out, status = lab.run("insmod /modules/kmemgdb_check.ko")
+        assert status == 0, out
+        with Stopped(lab) as gdb:
+            gdb.checked(f"kmemcheck track cache {CACHE}")
+            out = gdb.checked("kmemcheck 1")
+            assert "kmemcheck: on, tracking cache kmemgdb_check" in out, out
+        yield lab
+
+
+def reports(lab) -> list[dict]:
+    with Stopped(lab) as gdb:
+        out = gdb.checked("kmemcheck report --json")
+    return json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])["reports"]
+
+
+def run_case(lab, case: str) -> tuple[list[dict], str]:
+    """Run one module case; returns the reports it produced and its log line."""
+    before = len(reports(lab))
+    out, status = lab.run(f"echo {case} > /sys/kernel/debug/kmemgdb_check; "
+                          f"dmesg | grep 'kmemgdb_check: {case.split()[0]} ' | tail -1", timeout=120)
+    assert status == 0 and "done" in out, out
+    return reports(lab)[before:], out
+
+
+def address(line: str, name: str) -> int:
+    return int(re.search(rf"{name} ([0-9a-f]+)", line).group(1), 16)
+
+
+@pytest.mark.parametrize("case, size, offset, field", [
+    ("uninit8", 1, 0, "flag8"), ("uninit16", 2, 2, "val16"),
+    ("uninit32", 4, 4, "val32"), ("uninit64", 8, 8, "val64"),
+])
+def test_uninitialized_read_names_size_offset_field_and_origin(clab, case, size, offset, field):
+    found, line = run_case(clab, case)
+    assert len(found) == 1, found
+    r = found[0]
+    obj = address(line, "obj")
+    assert (r["kind"], r["access"], r["size"]) == ("uninitialized", "read", size)
+    assert r["address"] == obj + offset and r["object"]["address"] == obj
+    assert r["object"]["offset"] == offset and r["object"]["cache"] == CACHE
+    assert r["field"]["path"] == f"struct check_req.{field}" and not r["padding"]
+    assert r["symbol"].startswith(f"kmemgdb_check_read_{field}+0x") and r["module"] == CACHE
+    assert r["file"].endswith("kmemgdb_check.c") and r["line"]
+    assert any("kmemgdb_check_uninit" in (f["symbol"] or "") for f in r["backtrace"]), r["backtrace"]
+    assert r["origin"]["address"] == obj
+    assert any("kmemgdb_check_uninit" in (f["symbol"] or "") for f in r["origin"]["alloc_backtrace"])
+
+
+@pytest.mark.parametrize("case", ["zeroed", "memset", "loop 50"])
+def test_initialized_objects_give_no_report(clab, case):
+    found, _ = run_case(clab, case)
+    assert found == []
+
+
+def test_partially_initialized_struct_reports_only_the_missing_field(clab):
+    found, line = run_case(clab, "partial")
+    assert [(r["field"]["path"], r["size"]) for r in found] == [("struct check_req.timeout", 4)]
+    assert found[0]["address"] == address(line, "obj") + 16
+
+
+def test_memcpy_carries_uninitialized_bytes_and_their_origin(clab):
+    found, line = run_case(clab, "memcpy")
+    src, dst = address(line, "src"), address(line, "dst")
+    assert len(found) == 1, found
+    r = found[0]
+    assert r["address"] == dst + 16 and r["field"]["path"] == "struct check_req.timeout"
+    assert r["object"]["address"] == dst
+    assert r["origin"]["address"] == src, "the uninitialized bytes came from the source object"
+
+
+def test_padding_copied_out_is_reported_as_padding_with_the_field_map(clab):
+    found, line = run_case(clab, "padding")
+    assert len(found) == 1, found
+    r = found[0]
+    obj = address(line, "obj")
+    assert r["padding"] and r["field"]["kind"] == "padding"
+    assert "padding between timeout and tail" in r["field"]["text"]
+    assert r["first_bad"] == obj + 20 and r["copy_to"] is not None and r["copy_size"] == 32
+    assert r["instruction"].startswith("rep movsb") and r["size"] == 1
+    with Stopped(clab) as gdb:
+        text = gdb.checked("kmemcheck report")
+    assert "object field map" in text and "timeout" in text
+
+
+def test_read_after_free_is_reported_as_freed(clab):
+    found, line = run_case(clab, "uaf")
+    assert [(r["kind"], r["access"], r["size"]) for r in found] == [("freed", "read", 4)]
+    assert found[0]["address"] == address(line, "obj") + 4
+
+
+def test_notrack_cache_is_not_reported(clab):
+    with Stopped(clab) as gdb:
+        gdb.checked("kmemcheck track cache kmemgdb_check*")
+        gdb.checked("kmemcheck notrack cache kmemgdb_check_notrack")
+        assert "(not: cache kmemgdb_check_notrack)" in gdb.checked("kmemcheck")
+    found, _ = run_case(clab, "notrack")
+    assert found == []
+    with Stopped(clab) as gdb:
+        gdb.checked("kmemcheck notrack cache kmemgdb_check*")
+        gdb.checked(f"kmemcheck track cache {CACHE}")
+
+
+def test_shadow_command_and_status(clab):
+    with Stopped(clab) as gdb:
+        status = gdb.checked("kmemcheck")
+        pages = int(re.search(r"hidden pages: (\d+)", status).group(1))
+        assert pages >= 1 and "fast path" in status
+        page = int(re.search(r"0x([0-9a-f]+)", gdb.checked("kmem pte list").split("\n", 1)[1]).group(1), 16)
+        shadow = gdb.checked(f"kmemcheck shadow {page:#x} 64")
+    assert re.search(r"^0x[0-9a-f]{16}: [auif.]{32}$", shadow, re.M), shadow
+
+
+def test_bad_input_gives_one_line_errors(clab):
+    with Stopped(clab) as gdb:
+        expect_errors(gdb, [
+            ("kmemcheck 3", "unknown argument '3'"),
+            ("kmemcheck track", "the following arguments are required"),
+            ("kmemcheck track cache", "cache needs a NAME"),
+            ("kmemcheck shadow", "the following arguments are required"),
+            ("kmemcheck shadow 0x1000 0", "LEN must be between"),
+            ("kmemcheck suppress bogus", "bad suppression 'bogus'"),
+            ("set kmemcheck shadow-window 40", "between 2 and 8"),
+        ])
+
+
+def test_one_shot_reports_once_then_turns_off_and_shows_pages(clab):
+    with Stopped(clab) as gdb:
+        gdb.checked("kmemcheck 0")
+        assert "kmemcheck: one-shot" in gdb.checked("kmemcheck 2")
+    before = len(reports(clab))
+    for case in ("uninit8", "uninit16", "uninit32"):
+        clab.run(f"echo {case} > /sys/kernel/debug/kmemgdb_check")
+    assert len(reports(clab)) == before + 1
+    with Stopped(clab) as gdb:
+        status = gdb.checked("kmemcheck")
+        assert status.startswith("kmemcheck: off") and "hidden pages: 0" in status
+        assert gdb.checked("kmem pte list").startswith("0 hidden page")
+        gdb.checked("kmemcheck 1")
+
+
+def test_off_shows_every_page_and_the_guest_runs_on(clab):
+    from gdbext.core import paging
+    from gdbext.core.memory import RamFileMemory
+    with Stopped(clab) as gdb:
+        listing = gdb.checked("kmem pte list")
+        pages = [int(p, 16) for p in re.findall(r"^\s+0x([0-9a-f]+)", listing, re.M)]
+        cr3 = int(gdb.checked("p/x (unsigned long)$cr3").split("=")[1], 16)
+        assert pages
+        out = gdb.checked("kmemcheck 0")
+        assert f"{len(pages)} hidden page(s) shown again" in out
+    ram = RamFileMemory(clab.guest.ram_path)
+    try:
+        still_hidden = [p for p in pages if not paging.find_pte(ram, cr3, p).present]
+    finally:
+        ram.close()
+    assert still_hidden == []
+    out, status = clab.run("ls -R /sys > /dev/null; echo 1 > /sys/kernel/debug/kmemgdb_check || true; "
+                           "echo uninit32 > /sys/kernel/debug/kmemgdb_check && echo ok", timeout=120)
+    assert status == 0 and "ok" in out
+    clab.guest.check()
+
+
+def test_needs_a_4k_direct_map(lab):
+    """The default guest (no debug_pagealloc) maps the direct map with 2 MiB pages."""
+    with Stopped(lab) as gdb:
+        gdb.checked("kmemcheck track cache kmalloc-64")
+        out = gdb.cmd("kmemcheck 1")
+        no_python_errors(out)
+        assert "boot it with debug_pagealloc=on" in out and len(out.strip().splitlines()) == 1
+        assert gdb.checked("kmem pte list").startswith("0 hidden page")
