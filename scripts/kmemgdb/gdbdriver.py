@@ -72,7 +72,11 @@ class GdbSession:
     def cont(self) -> None:
         """Let the guest run; gdb keeps the terminal until interrupt()."""
         self.proc.sendline("continue")
-        self.proc.expect_exact("Continuing.", timeout=self.timeout)
+        try:
+            self.proc.expect_exact("Continuing.", timeout=self.timeout)
+        except (pexpect.EOF, pexpect.TIMEOUT):
+            raise GdbError(f"gdb did not resume the guest; last output:\n"
+                           f"{self.proc.before[-2000:]}") from None
 
     def interrupt(self, timeout: float | None = None) -> str:
         """Stop the running guest (Ctrl-C at the gdb terminal) and wait for the prompt.
