@@ -7,7 +7,9 @@ from pathlib import Path
 
 # no_hash_pointers: reports printed by the guest (oopses, the in-kernel kmemleak) show real
 # addresses; a TCG guest often has no entropy yet and would print "(____ptrval____)".
-BASE_CMDLINE = ["console=ttyS0", "nokaslr", "panic=-1", "no_hash_pointers"]
+# i8042.noaux: no PS/2 mouse, whose late probe message ("input: ImExPS/2 ...") otherwise lands
+# in the middle of console command output.
+BASE_CMDLINE = ["console=ttyS0", "nokaslr", "panic=-1", "no_hash_pointers", "i8042.noaux"]
 
 
 @dataclass

@@ -9,30 +9,31 @@ from ..core.kernel import KernelModelError
 from ..core.kmemcheck import Finding
 from ..core.layout import describe, field_map, render_field_map
 from .layouts import layout_from_type, object_type_near
+from .unwind import interrupted_pc
 from .symbolize import frame_for
 
 MAX_FRAMES = 16
 
 
 def interrupted_backtrace(pc: int) -> list:
-    """Frames of the code that faulted, innermost first: gdb's frames above the fault handler,
-    starting at the one at PC (the unwinder of unwind.py gets gdb there)."""
-    frames, found = [], False
-    frame = gdb.newest_frame()
+    """Frames of the code that faulted, innermost first: gdb's frames beyond the fault handler's
+    entry stub (unwind.py's unwinder takes gdb there), from the interrupted frame at PC to the
+    last kernel frame."""
+    frames = [frame_for(pc, return_address=False)]
+    frame, found = gdb.newest_frame(), False
     while frame is not None and len(frames) < MAX_FRAMES:
         try:
-            fpc = frame.pc()
-        except gdb.error:
-            break
-        if not found and fpc == pc:
-            found = True
-        if found and frame.type() != gdb.INLINE_FRAME:
-            frames.append(frame_for(fpc, return_address=bool(frames)))
-        try:
+            if found and frame.type() != gdb.INLINE_FRAME:
+                fpc = frame.pc()
+                if fpc >> 63 == 0:           # user space: the kernel part is complete
+                    break
+                frames.append(frame_for(fpc))
+            elif not found:
+                found = interrupted_pc(frame) == pc
             frame = frame.older()
         except gdb.error:
             break
-    return frames or [frame_for(pc, return_address=False)]
+    return frames
 
 
 def describe_finding(f: Finding) -> None:

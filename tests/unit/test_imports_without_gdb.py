@@ -10,7 +10,9 @@ PURE_MODULES = [
     "gdbext.core.kernel", "gdbext.core.symbols", "gdbext.core.render", "gdbext.core.report",
     "gdbext.core.kmemleak_text", "gdbext.core.leaks", "gdbext.core.roots", "gdbext.core.percpu",
     "gdbext.core.leakreport", "gdbext.core.leakstate", "gdbext.core.heap.walk",
-    "gdbext.core.heap.tracks", "gdbext.core.decode", "gdbext.core.shadow", "qemu.argv", "qemu.console", "qemu.guest",
+    "gdbext.core.heap.tracks", "gdbext.core.decode", "gdbext.core.shadow", "gdbext.core.emulate",
+    "gdbext.core.kmemcheck", "gdbext.core.kmemcheck_report", "gdbext.core.layout", "gdbext.core.ptregs",
+    "gdbext.core.codescan", "qemu.argv", "qemu.console", "qemu.guest",
     "kmemgdb.cli", "kmemgdb.run", "kmemgdb.bench", "kmemgdb.kernel", "kmemgdb.initramfs", "kmemgdb.modbuild",
 ]
 

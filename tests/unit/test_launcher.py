@@ -15,7 +15,7 @@ def test_argv_shares_ram_and_opens_gdbstub():
     assert "memory-backend-file,id=ram0,size=512M,mem-path=/dev/shm/ram,share=on" in joined
     assert "-gdb tcp:127.0.0.1:4321" in joined and "-S" in argv
     assert argv[argv.index("-accel") + 1] == "tcg" and argv[argv.index("-smp") + 1] == "2"
-    assert argv[argv.index("-append") + 1] == "console=ttyS0 nokaslr panic=-1 no_hash_pointers x=1"
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 nokaslr panic=-1 no_hash_pointers i8042.noaux x=1"
 
 
 def test_kvm_needs_vmx_or_svm():
