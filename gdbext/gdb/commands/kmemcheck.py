@@ -141,7 +141,7 @@ LEN defaults to the shadow window (set kmemcheck shadow-window). Untracked bytes
         engine = KMEMCHECK.current_engine()
         if engine is None:
             raise gdb.GdbError("kmemcheck shadow: kmemcheck has not run yet (`kmemcheck 1`)")
-        length = args.length or (1 << KMEMCHECK.options.window_log2)
+        length = args.length if args.length is not None else 1 << KMEMCHECK.options.window_log2
         if not 0 < length <= 1 << 20:
             raise gdb.GdbError("kmemcheck shadow: LEN must be between 1 and 1048576")
         states = engine.shadow.get(args.addr, length)
