@@ -200,3 +200,66 @@ def test_needs_a_4k_direct_map(lab):
         no_python_errors(out)
         assert "boot it with debug_pagealloc=on" in out and len(out.strip().splitlines()) == 1
         assert gdb.checked("kmem pte list").startswith("0 hidden page")
+
+
+def test_bitfield_ok_hides_bitfield_storage_reads(clab):
+    found, _ = run_case(clab, "bitfield")
+    assert found == []
+    with Stopped(clab) as gdb:
+        gdb.checked("set kmemcheck bitfield-ok off")
+    try:
+        found, line = run_case(clab, "bitfield")
+    finally:
+        with Stopped(clab) as gdb:
+            gdb.checked("set kmemcheck bitfield-ok on")
+    assert len(found) == 1, found
+    r = found[0]
+    assert r["field"]["kind"] == "bitfield" and "mode" in r["field"]["text"], r["field"]
+    assert (r["size"], r["address"]) == (1, address(line, "obj"))
+
+
+def test_suppression_by_field(clab):
+    with Stopped(clab) as gdb:
+        gdb.checked("kmemcheck suppress field=check_req.val16")
+    try:
+        assert run_case(clab, "uninit16")[0] == []
+        assert len(run_case(clab, "uninit8")[0]) == 1
+    finally:
+        with Stopped(clab) as gdb:
+            gdb.checked("kmemcheck suppress --clear")
+
+
+def kmemgdb_run(*args, timeout=300):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "kmemgdb.cli", "run", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_kmemgdb_run_reports_text_and_json(tmp_path, check_ko):
+    report = tmp_path / "r.json"
+    case = lambda c: f"echo {c} > /sys/kernel/debug/kmemgdb_check"
+    res = kmemgdb_run("--insmod", check_ko, "--exec", case("uninit32"), "--exec", case("zeroed"),
+                      "--exec", case("padding"), "--kmemcheck", f"cache:{CACHE}", "--json", report)
+    assert res.returncode == 1, res.stderr
+    assert "WARNING: kmemcheck: Caught 32-bit read from uninitialized memory" in res.stdout
+    assert "accessed: struct check_req.val32" in res.stdout
+    doc = json.loads(report.read_text())
+    section = doc["kmemcheck"]
+    assert section["enabled"] and section["stats"]["faults"] > 0
+    assert [(r["kind"], r["size"], r["field"]["path"]) for r in section["reports"]] == [
+        ("uninitialized", 4, "struct check_req.val32"),
+        ("uninitialized", 1, section["reports"][1]["field"]["path"])]
+    first, padding = section["reports"]
+    assert first["module"] == CACHE and first["object"]["cache"] == CACHE
+    assert first["object"]["alloc_backtrace"], "run boots with slub_debug=U for the tracked cache"
+    assert padding["padding"] and padding["copy_to"] is not None
+    assert "debug_pagealloc=on" in doc["guest"]["command_line"]
+
+
+def test_kmemgdb_run_clean_module_exits_0(tmp_path, check_ko):
+    res = kmemgdb_run("--insmod", check_ko, "--exec",
+                      "echo zeroed > /sys/kernel/debug/kmemgdb_check", "--kmemcheck",
+                      f"cache:{CACHE},oneshot")
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert "kmemcheck: 0 report(s)" in res.stdout

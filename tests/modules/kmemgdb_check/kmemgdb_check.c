@@ -32,6 +32,10 @@
  *	kmalloc32
  *		kmalloc(32) (kmalloc-32, not a module cache), read val32 uninitialized
  *	kzalloc	kzalloc(32), read val32 (initialized)
+ *	bitfield
+ *		a struct check_bits (same size) from "kmemgdb_check"; set the 3-bit field mode:
+ *		the compiler loads the byte holding it (other bits uninitialized), merges and
+ *		stores it back: the read the kernel's kmemcheck_annotate_bitfield() existed for
  *
  * Unknown commands, a number after a command other than loop, or loop without one: -EINVAL.
  *
@@ -369,6 +373,33 @@ static int kmemgdb_check_case_kzalloc(unsigned int n)
 	return 0;
 }
 
+/* Bitfields sharing one byte of storage, then the rest of a 32-byte object. */
+struct check_bits {
+	u8 enabled : 1;
+	u8 mode : 3;
+	u8 level : 4;
+	u8 rest[31];
+};
+
+static noinline __noipa void kmemgdb_check_set_mode(struct check_bits *b, unsigned int mode)
+{
+	b->mode = mode;
+}
+
+static int kmemgdb_check_case_bitfield(unsigned int n)
+{
+	struct check_bits *b;
+
+	BUILD_BUG_ON(sizeof(struct check_bits) != sizeof(struct check_req));
+	b = kmem_cache_alloc(kmemgdb_check_cache, GFP_KERNEL);
+	if (!b)
+		return -ENOMEM;
+	kmemgdb_check_set_mode(b, 5);
+	pr_info("kmemgdb_check: bitfield obj %px mode %u done\n", b, b->mode);
+	kmem_cache_free(kmemgdb_check_cache, b);
+	return 0;
+}
+
 static const struct {
 	const char *name;
 	int (*run)(unsigned int n);
@@ -388,6 +419,7 @@ static const struct {
 	{ "loop", kmemgdb_check_case_loop, true },
 	{ "kmalloc32", kmemgdb_check_case_kmalloc32 },
 	{ "kzalloc", kmemgdb_check_case_kzalloc },
+	{ "bitfield", kmemgdb_check_case_bitfield },
 };
 
 static ssize_t kmemgdb_check_write(struct file *file, const char __user *ubuf, size_t len,
