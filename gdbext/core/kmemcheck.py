@@ -99,6 +99,7 @@ class TrackedObject:
     cache: CacheInfo
     alive: bool
     origin: int = 0
+    scoped: bool = True        # findings on it are reported (its cache or its allocator is tracked)
 
 
 @dataclass
@@ -156,25 +157,35 @@ class FaultOutcome:
     regs: dict[str, int] | None     # registers after the instruction; None: single-step it
     findings: list[Finding]
     turn_off: bool = False          # one-shot mode fired
+    writes: list[tuple[int, bytes]] = field(default_factory=list)   # guest memory to write
 
 
-class _BelowStackGuard:
-    """The exception frame (struct pt_regs) lies just below the interrupted stack pointer, so an
+class _StagedMemory:
+    """What the emulator sees: guest memory, with its writes held back for the glue to apply
+    after the decision (a Ctrl-C in gdb must never leave an instruction half done).
+
+    The exception frame (struct pt_regs) lies just below the interrupted stack pointer, so an
     instruction that pushes (call [mem], push [mem]) cannot be completed by editing pt_regs: it
-    is refused before anything is written, and single-stepped by the guest instead."""
+    is refused, and single-stepped by the guest instead."""
     DEPTH = 4096
 
     def __init__(self, memory, rsp: int):
         self.memory = memory
         self.rsp = rsp
+        self.writes: list[tuple[int, bytes]] = []
 
     def read(self, vaddr: int, size: int) -> bytes:
-        return self.memory.read(vaddr, size)
+        data = self.memory.read(vaddr, size)
+        for where, written in self.writes:
+            lo, hi = max(vaddr, where), min(vaddr + size, where + len(written))
+            if lo < hi:
+                data = data[:lo - vaddr] + written[lo - where:hi - where] + data[hi - vaddr:]
+        return data
 
     def write(self, vaddr: int, data: bytes) -> None:
         if self.rsp - self.DEPTH < vaddr + len(data) and vaddr < self.rsp:
             raise emulate.Unsupported("writes below the interrupted stack pointer")
-        self.memory.write(vaddr, data)
+        self.writes.append((vaddr, bytes(data)))
 
 
 class Engine:
@@ -187,13 +198,15 @@ class Engine:
     def __init__(self, ctx: GuestContext, memory: ThroughHidden, options: Options,
                  is_allocator: Callable[[int], bool],
                  keep: Callable[[Finding], bool] = lambda f: True,
-                 read_track: Callable[[CacheInfo, int], list[int]] = lambda c, a: []):
+                 read_track: Callable[[CacheInfo, int], list[int]] = lambda c, a: [],
+                 in_scope: Callable[[CacheInfo], bool] = lambda c: True):
         self.ctx = ctx
         self.memory = memory
         self.options = options
         self.is_allocator = is_allocator
         self.keep = keep
         self.read_track = read_track
+        self.in_scope = in_scope
         self.shadow = Shadow(PAGE_SIZE)
         self.slabs: dict[int, tuple[SlabRef, CacheInfo]] = {}     # page -> its slab
         self.objects: dict[int, TrackedObject] = {}               # object start -> lifetime
@@ -216,10 +229,31 @@ class Engine:
             alive = not fresh and index not in free
             state = INITIALIZED if alive else (UNALLOCATED if fresh else FREED)
             self.shadow.set(start, cache.object_size, state)
-            self.objects[start] = TrackedObject(start, cache.object_size, cache, alive)
+            self.objects[start] = TrackedObject(start, cache.object_size, cache, alive,
+                                                scoped=self.in_scope(cache))
         for page in pages:
             self.slabs[page] = (slab, cache)
         return pages
+
+    def allocated(self, start: int, zeroed: bool) -> bool:
+        """An allocation seen at its call site (module scope): START begins a tracked lifetime,
+        uninitialized unless the allocator zeroed it. False when START is not on a tracked page."""
+        entry = self.slabs.get(start & ~(PAGE_SIZE - 1))
+        if entry is None:
+            return False
+        slab, cache = entry
+        index = slab.index(cache, start)
+        if index is None or slab.object_start(cache, index) != start:
+            return False
+        origin = self._new_origin(start, cache)
+        state = INITIALIZED if zeroed or cache.ctor else UNINITIALIZED
+        self.shadow.set(start, cache.object_size, state, origin.id)
+        self.objects[start] = TrackedObject(start, cache.object_size, cache, True, origin.id)
+        return True
+
+    def scoped_objects_on(self, page: int) -> bool:
+        """Whether a live object of the scope (module allocations included) is on PAGE."""
+        return any(o.alive and o.scoped for s, o in self.objects.items() if page <= s < page + PAGE_SIZE)
 
     def untrack_page(self, page: int) -> None:
         entry = self.slabs.pop(page, None)
@@ -243,8 +277,9 @@ class Engine:
         its rip: complete the instruction and check its accesses."""
         self.stats.faults += 1
         pc = regs["rip"]
+        staged = _StagedMemory(self.memory, regs["rsp"])
         try:
-            effect = emulate.emulate(code, regs, _BelowStackGuard(self.memory, regs["rsp"]))
+            effect = emulate.emulate(code, regs, staged)
         except emulate.Unsupported:
             try:
                 insn = decode(code, pc, regs)
@@ -257,7 +292,7 @@ class Engine:
             return FaultOutcome(None, findings, self._one_shot_fired(findings))
         self.stats.emulated += 1
         findings = self.account(effect.ops, effect.copy, regs, effect.text)
-        return FaultOutcome(effect.regs, findings, self._one_shot_fired(findings))
+        return FaultOutcome(effect.regs, findings, self._one_shot_fired(findings), staged.writes)
 
     def _one_shot_fired(self, findings: list[Finding]) -> bool:
         return self.options.one_shot and bool(self.reports) and bool(findings)
@@ -329,11 +364,14 @@ class Engine:
             if cache.flags & SLAB_TYPESAFE_BY_RCU:
                 self.shadow.set(start, cache.object_size, INITIALIZED)
             return
-        # Allocated since the allocator last touched it: a new lifetime.
-        origin = self._new_origin(start, cache)
-        state = INITIALIZED if cache.ctor else UNINITIALIZED
-        self.shadow.set(start, cache.object_size, state, origin.id)
-        self.objects[start] = TrackedObject(start, cache.object_size, cache, True, origin.id)
+        # Allocated since the allocator last touched it: a new lifetime. Objects of caches
+        # outside the scope (pages shared with module-scope objects) are nobody's concern.
+        scoped = self.in_scope(cache)
+        origin = self._new_origin(start, cache) if scoped else None
+        state = UNINITIALIZED if scoped and not cache.ctor else INITIALIZED
+        self.shadow.set(start, cache.object_size, state, origin.id if origin else 0)
+        self.objects[start] = TrackedObject(start, cache.object_size, cache, True,
+                                            origin.id if origin else 0, scoped)
 
     def _new_origin(self, start: int, cache: CacheInfo) -> Origin:
         origin = Origin(len(self.origins) + 1, start, cache.object_size, cache.name,
@@ -412,13 +450,22 @@ class Engine:
 
     def _read_guest(self, addr: int, size: int) -> bytes:
         try:
-            return self.memory.read(addr, size)
+            return self.memory.read(addr, size)       # the bytes as they were before the access
         except Exception:          # a window reaching an unmapped page: show zeros
             return bytes(size)
+
+    def _scoped(self, finding: Finding) -> bool:
+        if finding.object is not None:
+            obj = self.objects.get(finding.object.start)
+            return obj is None or obj.scoped
+        entry = self.slabs.get(finding.first_bad & ~(PAGE_SIZE - 1))
+        return entry is None or self.in_scope(entry[1])
 
     def _file(self, found: list[Finding]) -> list[Finding]:
         kept = []
         for finding in found:
+            if not self._scoped(finding):
+                continue
             if not self.keep(finding):
                 self.stats.suppressed += 1
                 continue

@@ -29,7 +29,10 @@ from ..core.kmemcheck import Engine, Finding, KmemcheckError, Options, Scope
 from ..core.kmemcheck_report import render_finding
 from ..core.render import Painter
 from . import settings, target
+from ..core.kernel import container_entries, list_modules
 from .heapctx import guest_context
+from .hooks import SilentHook
+from .modules import MODULES
 from .session import SESSION
 from .symbolize import frame_for
 
@@ -38,26 +41,42 @@ MASK64 = (1 << 64) - 1
 TRACE = open(os.environ["KMEMGDB_KMEMCHECK_TRACE"], "w") if os.environ.get("KMEMGDB_KMEMCHECK_TRACE") else None
 TF = 1 << 8
 FAULT_REGISTERS = target.RawRegisters(("rsi", "rsp", "fs_base", "gs_base"))
+CALL_REGISTERS = target.RawRegisters(("rax", "rsi", "rdx", "rsp"))
+GFP_ZERO = 0x100                     # ___GFP_ZERO (include/linux/gfp_types.h, 6.1)
+# Allocation entry points a module's code calls (6.1, include/linux/slab.h) and the register
+# holding their gfp_t argument; None: the object comes back initialized (kmemdup copies).
+MODULE_ALLOCATORS = {
+    "kmem_cache_alloc": "rsi",          # (struct kmem_cache *, gfp_t)
+    "kmem_cache_alloc_lru": "rdx",      # (struct kmem_cache *, struct list_lru *, gfp_t)
+    "kmem_cache_alloc_node": "rsi",     # (struct kmem_cache *, gfp_t, int)
+    "kmalloc_trace": "rsi",             # (struct kmem_cache *, gfp_t, size_t): kmalloc(CONST)
+    "kmalloc_node_trace": "rsi",        # (struct kmem_cache *, gfp_t, int, size_t)
+    "__kmalloc": "rsi",                 # (size_t, gfp_t)
+    "__kmalloc_node": "rsi",            # (size_t, gfp_t, int)
+    "kmemdup": None,                    # (const void *, size_t, gfp_t)
+}
 ALLOCATOR_FILES = ("mm/slub.c", "mm/slab_common.c")
 # SLUB reads free pointers through copy_from_kernel_nofault() when debug_pagealloc is on.
 ALLOCATOR_FUNCTIONS = {"copy_from_kernel_nofault"}
 
 
-class _Hook(gdb.Breakpoint):
-    """A silent internal breakpoint whose stop() hands over to ACTION (True: stay stopped)."""
+def _Hook(spec: str, action) -> SilentHook:
+    return SilentHook(spec, action, "kmemcheck", KMEMCHECK.finish_interrupted)
 
-    def __init__(self, spec: str, action):
-        super().__init__(spec, internal=True)
-        self.silent = True
-        self.action = action
 
-    def stop(self) -> bool:
-        target.HOOK_STOPS[0] += 1
-        try:
-            return self.action()
-        except Exception as exc:      # a hook must not stop the guest by raising
-            gdb.write(f"kmemcheck: {self.location}: {type(exc).__name__}: {exc}\n")
-            return False
+class Commit:
+    """The guest changes of one hook, applied in order and resumable: a Ctrl-C that interrupts
+    them is answered by running the rest."""
+
+    def __init__(self, steps, stop: int):
+        self.steps = steps
+        self.stop = stop             # the hook stop it belongs to
+        self.done = 0
+
+    def run(self) -> None:
+        while self.done < len(self.steps):
+            self.steps[self.done]()
+            self.done += 1
 
 
 class Suppression:
@@ -97,10 +116,15 @@ class Kmemcheck:
         self.pages: set[int] = set()          # pages this checker hid
         self.gadget = 0
         self.regs_offset: int | None = None   # pt_regs - rsp at spurious_kernel_fault
-        self.stepping: tuple[int, int, dict] | None = None   # page, pt_regs address, regs
+        self.stepping: tuple[int, int] | None = None    # page shown for a step, saved rflags
+        self.commit: Commit | None = None
         self.caches: dict[int, object] = {}
+        self.module_hooks: dict[str, list[gdb.Breakpoint]] = {}
+        self.dead_hooks: list[gdb.Breakpoint] = []
+        self.pending_allocs: dict[int, int | None] = {}    # rsp at the call -> gfp flags
         self.cleanup_pending = False
         self.last_engine: Engine | None = None
+        self.hook_addresses: dict[int, int] = {}
         self._always_inserted = None
 
     # -- on / off ------------------------------------------------------------------------------
@@ -119,7 +143,7 @@ class Kmemcheck:
         memory = ThroughHidden(ctx.vmem, SESSION.hidden_pages(), ctx.page_offset,
                                ctx.max_pfn * PAGE_SIZE)
         self.engine = Engine(ctx, memory, self.options, self._is_allocator, self._keep,
-                             self._read_track)
+                             self._read_track, lambda cache: self.scope.tracks_cache(cache.name))
         self.mode = mode
         try:
             self._install_hooks(ctx)
@@ -132,10 +156,15 @@ class Kmemcheck:
     def disable(self) -> int:
         """Turn off: every page kmemcheck hid is shown again; the guest keeps running."""
         shown = self._show_pages()
-        for hook in self.hooks:
+        for hook in self.hooks + self.dead_hooks + [h for hs in self.module_hooks.values() for h in hs]:
             if hook.is_valid():
                 hook.delete()
-        self.hooks = []
+        self.hooks, self.dead_hooks, self.module_hooks = [], [], {}
+        self.pending_allocs.clear()
+        for listeners, fn in ((MODULES.load_listeners, self.on_module_load),
+                              (MODULES.unload_listeners, self.on_module_unload)):
+            if fn in listeners:
+                listeners.remove(fn)
         if self._always_inserted is not None:
             gdb.execute(f"set breakpoint always-inserted {self._always_inserted}", to_string=True)
             self._always_inserted = None
@@ -183,8 +212,10 @@ class Kmemcheck:
         gdb.execute("set breakpoint always-inserted on", to_string=True)
         self.hooks.append(_Hook("spurious_kernel_fault", self.on_fault))
         self.hooks.append(_Hook("asm_exc_debug", self.on_debug_trap))
-        self.hooks.append(_Hook("__free_slab", self.on_free_slab))
         table = SESSION.symbolizer().kernel
+        self.hook_addresses = {hook.number: table.by_name[name].addr for hook, name in
+                               zip(self.hooks, ("spurious_kernel_fault", "asm_exc_debug"))}
+        self.hooks.append(_Hook("__free_slab", self.on_free_slab))
         alloc = table.by_name["allocate_slab"]
         for caller in ("___slab_alloc", "early_kmem_cache_node_alloc"):
             sym = table.by_name.get(caller)
@@ -192,7 +223,11 @@ class Kmemcheck:
                 continue
             for site in call_sites(ctx.vmem.read(sym.addr, sym.size), sym.addr, alloc.addr):
                 self.hooks.append(_Hook(f"*{site + 5:#x}", self.on_new_slab))
-
+        MODULES.load_listeners.append(self.on_module_load)
+        MODULES.unload_listeners.append(self.on_module_unload)
+        for mod in list_modules(ctx.vmem, ctx.layout):
+            if mod.name in self.scope.modules:
+                self._hook_module(mod.name, self._module_text(mod.address))
     def _track_existing(self, ctx: GuestContext) -> int:
         return self._hide_caches(ctx, self._tracked_caches(ctx))
 
@@ -206,25 +241,89 @@ class Kmemcheck:
         target.flush_tlb_all()
         return hidden
 
+    # -- module scope: the module's own calls to the allocator ------------------------------
+    def _module_text(self, mod: int) -> list[tuple[int, int]]:
+        """(start, size) of the core and init text of struct module * MOD (6.1 layouts)."""
+        lay, mem = self.ctx.layout, self.ctx.vmem
+        out = []
+        for part in ("core_layout", "init_layout"):
+            base = mem.u64(mod + lay.off(f"module.{part}.base"))
+            size = mem.u32(mod + lay.off(f"module.{part}.text_size"))
+            if base and size:
+                out.append((base, size))
+        return out
+
+    def _hook_module(self, name: str, texts: list[tuple[int, int]]) -> int:
+        """A breakpoint on each call the module makes to an allocation function (reads the
+        gfp flags) and one after it (gets the object): two stops per module allocation."""
+        table = SESSION.symbolizer().kernel
+        hooks = self.module_hooks.setdefault(name, [])
+        for base, size in texts:
+            code = self.ctx.vmem.read(base, size)
+            for function, reg in MODULE_ALLOCATORS.items():
+                sym = table.by_name.get(function)
+                if sym is None:
+                    continue
+                for site in call_sites(code, base, sym.addr):
+                    hooks.append(_Hook(f"*{site:#x}", lambda reg=reg: self.on_module_call(reg)))
+                    hooks.append(_Hook(f"*{site + 5:#x}", self.on_module_alloc))
+        return len(hooks) // 2
+
+    def on_module_load(self, mod: gdb.Value) -> None:
+        name = mod["name"].string()
+        if self.engine is not None and name in self.scope.modules:
+            self._hook_module(name, self._module_text(int(mod.address)))
+
+    def on_module_unload(self, name: str) -> None:
+        """Its text goes away: its hooks stop acting now and are deleted at the next prompt."""
+        self.dead_hooks += self.module_hooks.pop(name, [])
+
+    def on_module_call(self, reg: str | None) -> bool:
+        if self.engine is None:
+            return False
+        regs = CALL_REGISTERS.read()
+        self.pending_allocs[regs["rsp"]] = None if reg is None else regs[reg]
+        return False
+
+    def on_module_alloc(self) -> bool:
+        if self.engine is None:
+            return False
+        regs = CALL_REGISTERS.read()
+        if regs["rsp"] not in self.pending_allocs:
+            return False
+        flags = self.pending_allocs.pop(regs["rsp"])
+        obj = regs["rax"]
+        slab = slab_at(self.ctx, obj) if obj > 16 else None
+        if slab is None:
+            return False               # failed, or a large kmalloc (pages, not a slab object)
+        if not self.engine.tracked_page(obj):
+            cache = self._cache(slab.cache)
+            if self._hide_slab(slab, cache, target.register("cr3"), fresh=False):
+                target.flush_tlb()
+        self.engine.allocated(obj, zeroed=flags is None or bool(flags & GFP_ZERO))
+        return False
+
     def apply_scope(self) -> int:
         """While on: hide the slabs of caches that became tracked, show those no longer tracked.
         Returns the pages hidden."""
         if self.engine is None:
             return 0
+        for mod in list_modules(self.ctx.vmem, self.ctx.layout):
+            if mod.name in self.scope.modules and mod.name not in self.module_hooks:
+                self._hook_module(mod.name, self._module_text(mod.address))
         caches = self._tracked_caches(self.ctx)
         hidden = SESSION.hidden_pages()
         known = set()
         for page, (_slab, cache) in list(self.engine.slabs.items()):
             if cache.address in caches:
                 known.add(cache.address)
-                continue
-            hidden.show(page)
-            self.pages.discard(page)
-            self.engine.untrack_page(page)
+            elif not self.engine.scoped_objects_on(page):
+                hidden.show(page)
+                self.pages.discard(page)
+                self.engine.untrack_page(page)
         return self._hide_caches(self.ctx, {a: c for a, c in caches.items() if a not in known})
 
     def _tracked_caches(self, ctx: GuestContext) -> dict:
-        from ..core.kernel import container_entries
         out = {}
         for s in container_entries(ctx.vmem, ctx.layout, "slab_caches", "kmem_cache.list"):
             cache = self._cache(s)
@@ -264,16 +363,23 @@ class Kmemcheck:
         if not engine.tracked_page(addr):
             return False                 # not ours: the kernel handles it
         try:
-            self._complete(addr, registers)
+            findings = self._complete(addr, registers)
+        except KeyboardInterrupt:
+            raise
         except Exception as exc:         # never leave the guest faulting on a hidden page
             gdb.write(f"kmemcheck: turned off after an internal error at {addr:#x}: {exc}\n")
             self._show_pages()
-            self.engine = None
+            self.engine, self.last_engine = None, engine
             self.cleanup_pending = True
-        target.set_pc(self.gadget)
+            findings = []
+            target.set_pc(self.gadget)
+        for finding in findings:
+            gdb.write(render_finding(finding, Painter(settings.color_enabled())) + "\n")
         return False
 
-    def _complete(self, addr: int, registers: dict[str, int]) -> None:
+    def _complete(self, addr: int, registers: dict[str, int]) -> list[Finding]:
+        """Decide, then change the guest in one Commit: staged memory writes, the saved
+        registers, and rip (spurious_kernel_fault returns 1)."""
         engine = self.engine
         memory = engine.memory
         regs_addr = self._pt_regs(registers["rsp"])
@@ -284,18 +390,23 @@ class Kmemcheck:
             TRACE.write(f"{addr:#x} rip={regs['rip']:#x} rsp={regs['rsp']:#x} pt_regs={regs_addr:#x} "
                         f"new_rip={(outcome.regs or {}).get('rip', 0):#x}\n")
             TRACE.flush()
-        for finding in outcome.findings:
-            gdb.write(render_finding(finding, Painter(settings.color_enabled())) + "\n")
+        steps = [lambda w=w: memory.write(*w) for w in outcome.writes]
         if outcome.regs is None:
-            self._step_natively(addr, regs_addr, saved)
+            steps.append(lambda: self._step_natively(addr, regs_addr, saved))
         else:
-            for offset, data in ptregs.changed_fields(saved, outcome.regs):
-                memory.write(regs_addr + offset, data)
+            steps += [lambda f=f: memory.write(regs_addr + f[0], f[1])
+                      for f in ptregs.changed_fields(saved, outcome.regs)]
         if outcome.turn_off:
-            gdb.write("kmemcheck: one-shot report done, turning off\n")
-            self._show_pages()
-            self.engine, self.last_engine = None, engine
-            self.cleanup_pending = True
+            steps.append(lambda: self._one_shot_off(engine))
+        steps.append(lambda: target.set_pc(self.gadget))
+        self._run_commit(steps)
+        return outcome.findings
+
+    def _one_shot_off(self, engine: Engine) -> None:
+        gdb.write("kmemcheck: one-shot report done, turning off\n")
+        self._show_pages()
+        self.engine, self.last_engine = None, engine
+        self.cleanup_pending = True
 
     def _pt_regs(self, rsp: int) -> int:
         """Where the entry code saved the faulting context, relative to rsp at
@@ -328,21 +439,38 @@ class Kmemcheck:
         if self.stepping is None:
             return False
         page, rflags = self.stepping
-        self.stepping = None
-        rsp = self._frame_register("rsp")
+        rsp = target.register("rsp")
         frame = (self.engine or self.last_engine).memory.read(rsp, 40)
         rip, _cs, flags, old_rsp, _ss = (int.from_bytes(frame[i:i + 8], "little") for i in range(0, 40, 8))
-        if self.engine is not None:
-            try:
-                SESSION.hidden_pages().hide(target.register("cr3"), page, flush=False)
-                self.pages.add(page)
-            except paging.PagingError:
-                self.engine.untrack_page(page)
-            target.flush_tlb()
-        target.set_register("eflags", (flags & ~TF) | (rflags & TF))
-        target.set_register("rsp", old_rsp)
-        target.set_register("rip", rip)
+        steps = [lambda: self._hide_again(page)] if self.engine is not None else []
+        steps += [lambda: target.set_register("eflags", (flags & ~TF) | (rflags & TF)),
+                  lambda: target.set_register("rsp", old_rsp),
+                  lambda: target.set_register("rip", rip),
+                  lambda: setattr(self, "stepping", None)]
+        self._run_commit(steps)
         return False
+
+    def _hide_again(self, page: int) -> None:
+        try:
+            SESSION.hidden_pages().hide(target.register("cr3"), page, flush=False)
+            self.pages.add(page)
+        except paging.PagingError:
+            self.engine.untrack_page(page)
+        target.flush_tlb()
+
+    def _run_commit(self, steps) -> None:
+        self.commit = Commit(steps, target.HOOK_STOPS[0])
+        self.commit.run()
+
+    def finish_interrupted(self, action) -> None:
+        """gdb raised KeyboardInterrupt (a Ctrl-C) inside a hook: finish what this stop changes
+        in the guest (a tracked fault must not reach the kernel half handled), or run the hook
+        again if it had not started changing anything."""
+        commit = self.commit
+        if commit is not None and commit.stop == target.HOOK_STOPS[0]:
+            commit.run()
+        else:
+            action()
 
     def on_new_slab(self) -> bool:
         if self.engine is None:
@@ -405,10 +533,30 @@ class Kmemcheck:
         return not any(s.matches(finding) for s in self.suppressions)
 
     # -- state ------------------------------------------------------------------------------------
+    def on_stop(self, event) -> None:
+        """A stop that is not one of our breakpoints (Ctrl-C, another breakpoint) can land on a
+        hook's address before gdb ran the hook: a tracked fault would then reach the kernel
+        unhandled when the guest goes on. Handle it now, as the breakpoint would have."""
+        if self.engine is None or isinstance(event, gdb.BreakpointEvent) and any(
+                b in self.hooks for b in event.breakpoints):
+            return
+        try:
+            pc = int(gdb.selected_frame().pc())
+        except gdb.error:
+            return
+        for hook in self.hooks[:2]:          # the fault and the single-step hooks
+            if hook.location and hook.is_valid() and pc == self.hook_addresses.get(hook.number):
+                hook.stop()
+
     def finish_cleanup(self) -> None:
-        """Delete hooks left by a turn-off that happened inside a stop (one-shot, error)."""
+        """Delete hooks left by a turn-off that happened inside a stop (one-shot, error) and
+        hooks of unloaded modules."""
         if self.cleanup_pending:
             self.disable()
+        for hook in self.dead_hooks:
+            if hook.is_valid():
+                hook.delete()
+        self.dead_hooks = []
 
     def current_engine(self) -> Engine | None:
         """The running engine, or the last one after a turn-off (its reports stay readable)."""
@@ -416,3 +564,7 @@ class Kmemcheck:
 
 
 KMEMCHECK = Kmemcheck()
+
+
+def register_events() -> None:
+    gdb.events.stop.connect(KMEMCHECK.on_stop)

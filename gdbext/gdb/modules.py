@@ -13,7 +13,8 @@ import gdb
 
 from ..core.kernel import list_modules
 from ..core.symbols import SymbolTable
-from . import settings, target
+from . import settings
+from .hooks import SilentHook
 from .session import SESSION
 
 
@@ -37,17 +38,27 @@ class ModuleSymbols:
         self.loaded: dict[str, Path] = {}   # module name -> .ko given to gdb
         self.warned: set[str] = set()
         self.breakpoints: list[gdb.Breakpoint] = []
+        # Called with the struct module (gdb.Value) after a load, with the name before an unload.
+        self.load_listeners: list = []
+        self.unload_listeners: list = []
 
     def install(self) -> None:
         if self.breakpoints:
             return
-        self.breakpoints = [_Hook("do_init_module", self.on_load), _Hook("free_module", self.on_free)]
+        self.breakpoints = [SilentHook("do_init_module", self.on_load, "module symbols"),
+                            SilentHook("free_module", self.on_free, "module symbols")]
 
     def on_load(self) -> None:
-        self.load(gdb.parse_and_eval("mod").dereference())
+        mod = gdb.parse_and_eval("mod").dereference()
+        self.load(mod)
+        for listener in self.load_listeners:
+            listener(mod)
 
     def on_free(self) -> None:
-        self.unload(gdb.parse_and_eval("mod").dereference()["name"].string())
+        name = gdb.parse_and_eval("mod").dereference()["name"].string()
+        for listener in self.unload_listeners:
+            listener(name)
+        self.unload(name)
 
     def load(self, mod: gdb.Value) -> None:
         name = mod["name"].string()
@@ -92,21 +103,6 @@ def section_addresses(mod: gdb.Value) -> dict[str, int]:
         attr = attrs["attrs"][i]
         out[attr["battr"]["attr"]["name"].string()] = int(attr["address"])
     return out
-
-
-class _Hook(gdb.Breakpoint):
-    def __init__(self, spec: str, action):
-        super().__init__(spec, internal=True)
-        self.silent = True
-        self.action = action
-
-    def stop(self) -> bool:
-        target.HOOK_STOPS[0] += 1
-        try:
-            self.action()
-        except (gdb.error, OSError, ValueError) as exc:
-            gdb.write(f"kmemgdb: module symbols: {exc}\n")
-        return False
 
 
 MODULES = ModuleSymbols()

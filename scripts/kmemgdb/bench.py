@@ -101,7 +101,7 @@ def bench_kmemleak(runs: int = 2) -> int:
 # -- kmemcheck -------------------------------------------------------------------------------
 CHECK_CASES = ("uninit8 uninit16 uninit32 uninit64 zeroed memset partial memcpy padding uaf "
                "notrack kmalloc32 kzalloc").split()
-LIGHT_WORKLOAD = "ls -R /sys/kernel/slab > /dev/null; cat /proc/meminfo > /dev/null"
+LIGHT_WORKLOAD = "ls /sys/kernel/slab > /dev/null; cat /proc/meminfo > /dev/null"
 
 
 def _kmemcheck_stats(lab) -> dict:

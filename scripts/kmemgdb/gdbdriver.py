@@ -12,6 +12,7 @@ import pexpect
 REPO = Path(__file__).resolve().parents[2]
 INIT_SCRIPT = REPO / "gdbext" / "init.py"
 PROMPT = "(kmemgdb) "
+RESEND_INTERRUPT_AFTER = 15.0     # seconds without a prompt before Ctrl-C is sent again
 
 
 class GdbError(Exception):
@@ -82,19 +83,24 @@ class GdbSession:
         """Stop the running guest (Ctrl-C at the gdb terminal) and wait for the prompt.
 
         A Ctrl-C that lands while gdb is still resuming the target is swallowed, so it is
-        repeated until the prompt comes back."""
+        repeated; but not quickly: a second Ctrl-C while QEMU is still answering the first
+        makes gdb give up on the target ("Disconnected from target")."""
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             self.proc.sendintr()
-            try:
-                self.proc.expect_exact(PROMPT, timeout=min(5, max(deadline - time.monotonic(), 0.1)))
-                return self.proc.before.replace("\r", "")
-            except pexpect.TIMEOUT:
-                if time.monotonic() >= deadline:
-                    raise GdbError("gdb did not stop the guest; last output:\n"
-                                   f"{self.proc.before[-2000:]}") from None
-            except pexpect.EOF:
-                raise GdbError(f"gdb exited; last output:\n{self.proc.before[-2000:]}") from None
+            sent = time.monotonic()
+            while True:
+                try:
+                    self.proc.expect_exact(PROMPT, timeout=min(2, max(deadline - time.monotonic(), 0.1)))
+                    return self.proc.before.replace("\r", "")
+                except pexpect.TIMEOUT:
+                    if time.monotonic() >= deadline:
+                        raise GdbError("gdb did not stop the guest; last output:\n"
+                                       f"{self.proc.before[-2000:]}") from None
+                    if time.monotonic() - sent >= RESEND_INTERRUPT_AFTER:
+                        break
+                except pexpect.EOF:
+                    raise GdbError(f"gdb exited; last output:\n{self.proc.before[-2000:]}") from None
 
     def wait_stop(self, timeout: float | None = None) -> str:
         """Wait for the running guest to stop by itself (a breakpoint) and return gdb's output."""

@@ -132,6 +132,35 @@ def test_notrack_cache_is_not_reported(clab):
         gdb.checked(f"kmemcheck track cache {CACHE}")
 
 
+def test_module_scope_tracks_what_the_module_allocates(clab):
+    """track module: the module's kmalloc(32) (kmalloc-32, a cache shared with the whole
+    kernel) is watched, other kmalloc-32 objects on the same pages are not reported."""
+    with Stopped(clab) as gdb:
+        gdb.checked("kmemcheck 0")
+        gdb.checked(f"kmemcheck notrack cache {CACHE}")
+        gdb.checked("kmemcheck track module kmemgdb_check")
+        assert "kmemcheck: on, tracking module kmemgdb_check" in gdb.checked("kmemcheck 1")
+    try:
+        found, line = run_case(clab, "kmalloc32")
+        assert [(r["kind"], r["size"], r["object"]["cache"]) for r in found] == [
+            ("uninitialized", 4, "kmalloc-32")]
+        assert found[0]["object"]["address"] == address(line, "obj")
+        assert found[0]["field"]["path"] == "struct check_req.val32"
+        assert run_case(clab, "kzalloc")[0] == []
+        found, _ = run_case(clab, "uninit16")              # kmem_cache_alloc by the module
+        assert [r["field"]["path"] for r in found] == ["struct check_req.val16"]
+        before = len(reports(clab))
+        out, status = clab.run("ls /sys/kernel/slab > /dev/null && echo ok", timeout=120)
+        assert status == 0 and "ok" in out
+        assert len(reports(clab)) == before        # other objects on those pages: not reported
+    finally:
+        with Stopped(clab) as gdb:
+            gdb.checked("kmemcheck 0")
+            gdb.checked("kmemcheck notrack module kmemgdb_check")
+            gdb.checked(f"kmemcheck track cache {CACHE}")
+            gdb.checked("kmemcheck 1")
+
+
 def test_shadow_command_and_status(clab):
     with Stopped(clab) as gdb:
         status = gdb.checked("kmemcheck")
@@ -168,38 +197,6 @@ def test_one_shot_reports_once_then_turns_off_and_shows_pages(clab):
         assert status.startswith("kmemcheck: off") and "hidden pages: 0" in status
         assert gdb.checked("kmem pte list").startswith("0 hidden page")
         gdb.checked("kmemcheck 1")
-
-
-def test_off_shows_every_page_and_the_guest_runs_on(clab):
-    from gdbext.core import paging
-    from gdbext.core.memory import RamFileMemory
-    with Stopped(clab) as gdb:
-        listing = gdb.checked("kmem pte list")
-        pages = [int(p, 16) for p in re.findall(r"^\s+0x([0-9a-f]+)", listing, re.M)]
-        cr3 = int(gdb.checked("p/x (unsigned long)$cr3").split("=")[1], 16)
-        assert pages
-        out = gdb.checked("kmemcheck 0")
-        assert f"{len(pages)} hidden page(s) shown again" in out
-    ram = RamFileMemory(clab.guest.ram_path)
-    try:
-        still_hidden = [p for p in pages if not paging.find_pte(ram, cr3, p).present]
-    finally:
-        ram.close()
-    assert still_hidden == []
-    out, status = clab.run("ls -R /sys > /dev/null; echo 1 > /sys/kernel/debug/kmemgdb_check || true; "
-                           "echo uninit32 > /sys/kernel/debug/kmemgdb_check && echo ok", timeout=120)
-    assert status == 0 and "ok" in out
-    clab.guest.check()
-
-
-def test_needs_a_4k_direct_map(lab):
-    """The default guest (no debug_pagealloc) maps the direct map with 2 MiB pages."""
-    with Stopped(lab) as gdb:
-        gdb.checked("kmemcheck track cache kmalloc-64")
-        out = gdb.cmd("kmemcheck 1")
-        no_python_errors(out)
-        assert "boot it with debug_pagealloc=on" in out and len(out.strip().splitlines()) == 1
-        assert gdb.checked("kmem pte list").startswith("0 hidden page")
 
 
 def test_bitfield_ok_hides_bitfield_storage_reads(clab):
@@ -263,3 +260,35 @@ def test_kmemgdb_run_clean_module_exits_0(tmp_path, check_ko):
                       f"cache:{CACHE},oneshot")
     assert res.returncode == 0, res.stderr + res.stdout
     assert "kmemcheck: 0 report(s)" in res.stdout
+
+
+def test_off_shows_every_page_and_the_guest_runs_on(clab):
+    from gdbext.core import paging
+    from gdbext.core.memory import RamFileMemory
+    with Stopped(clab) as gdb:
+        listing = gdb.checked("kmem pte list")
+        pages = [int(p, 16) for p in re.findall(r"^\s+0x([0-9a-f]+)", listing, re.M)]
+        cr3 = int(gdb.checked("p/x (unsigned long)$cr3").split("=")[1], 16)
+        assert pages
+        out = gdb.checked("kmemcheck 0")
+        assert f"{len(pages)} hidden page(s) shown again" in out
+    ram = RamFileMemory(clab.guest.ram_path)
+    try:
+        still_hidden = [p for p in pages if not paging.find_pte(ram, cr3, p).present]
+    finally:
+        ram.close()
+    assert still_hidden == []
+    out, status = clab.run("ls -R /sys > /dev/null; echo 1 > /sys/kernel/debug/kmemgdb_check || true; "
+                           "echo uninit32 > /sys/kernel/debug/kmemgdb_check && echo ok", timeout=120)
+    assert status == 0 and "ok" in out
+    clab.guest.check()
+
+
+def test_needs_a_4k_direct_map(lab):
+    """The default guest (no debug_pagealloc) maps the direct map with 2 MiB pages."""
+    with Stopped(lab) as gdb:
+        gdb.checked("kmemcheck track cache kmalloc-64")
+        out = gdb.cmd("kmemcheck 1")
+        no_python_errors(out)
+        assert "boot it with debug_pagealloc=on" in out and len(out.strip().splitlines()) == 1
+        assert gdb.checked("kmem pte list").startswith("0 hidden page")

@@ -98,19 +98,20 @@ Nothing is tracked until asked. Works with kmemcheck on or off."""
             scope.caches.add(args.name)
             scope.notrack.discard(args.name)
         else:
-            raise gdb.GdbError("kmemcheck track: module scope is not available yet; track the "
-                               "module's caches with `kmemcheck track cache NAME`")
+            scope.modules.add(args.name.replace("-", "_"))
         changed = KMEMCHECK.apply_scope()
         gdb.write(f"kmemcheck: tracking {scope.describe()}"
                   + (f" ({changed} page(s) hidden now)" if KMEMCHECK.engine else "") + "\n")
 
 
 class KmemcheckNotrack(KmemCommand):
-    """Stop watching a slab cache (the counterpart of the kernel's SLAB_NOTRACK).
+    """Stop watching a slab cache (the counterpart of the kernel's SLAB_NOTRACK), or a module.
 
-Usage: kmemcheck notrack cache NAME"""
-    PARSER = parser("kmemcheck notrack", "Stop watching a cache.")
-    PARSER.add_argument("what", choices=["cache"])
+Usage: kmemcheck notrack cache NAME | module NAME
+A cache named by `track cache NAME` is dropped from the list; any other name becomes an
+exception to `track all` or to a glob (`track cache kmalloc-*`, `notrack cache kmalloc-64`)."""
+    PARSER = parser("kmemcheck notrack", "Stop watching a cache or a module.")
+    PARSER.add_argument("what", choices=["cache", "module"])
     PARSER.add_argument("name")
     NEEDS_STOPPED_GUEST = False
 
@@ -118,8 +119,13 @@ Usage: kmemcheck notrack cache NAME"""
         super().__init__("kmemcheck notrack")
 
     def run(self, args) -> None:
-        KMEMCHECK.scope.notrack.add(args.name)
-        KMEMCHECK.scope.caches.discard(args.name)
+        if args.what == "module":
+            KMEMCHECK.scope.modules.discard(args.name.replace("-", "_"))
+            KMEMCHECK.on_module_unload(args.name.replace("-", "_"))
+        elif args.name in KMEMCHECK.scope.caches:
+            KMEMCHECK.scope.caches.discard(args.name)       # undo a `track cache NAME`
+        else:
+            KMEMCHECK.scope.notrack.add(args.name)          # an exception to a glob or `all`
         KMEMCHECK.apply_scope()
         gdb.write(f"kmemcheck: tracking {KMEMCHECK.scope.describe()}\n")
 
@@ -232,6 +238,8 @@ class _Prefix(gdb.Command):
 
 
 def register() -> None:
+    from ..kmemcheck import register_events
+    register_events()
     _Prefix("set kmemcheck")
     _Prefix("show kmemcheck")
     _Option("partial-ok", gdb.PARAM_BOOLEAN, "partial_ok",
