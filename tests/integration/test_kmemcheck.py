@@ -284,6 +284,27 @@ def test_off_shows_every_page_and_the_guest_runs_on(clab):
     clab.guest.check()
 
 
+def test_detach_turns_kmemcheck_off_and_shows_every_page(clab):
+    from gdbext.core import paging
+    from gdbext.core.memory import RamFileMemory
+    with Stopped(clab) as gdb:
+        assert "page(s) hidden" in gdb.checked("kmemcheck 1")
+        listing = gdb.checked("kmem pte list")
+        pages = [int(p, 16) for p in re.findall(r"^\s+0x([0-9a-f]+)", listing, re.M)]
+        cr3 = int(gdb.checked("p/x (unsigned long)$cr3").split("=")[1], 16)
+        out = gdb.checked("detach")
+        assert "kmemcheck: off" in out and f"{len(pages)} hidden page(s) shown again" in out
+        ram = RamFileMemory(clab.guest.ram_path)
+        try:
+            assert pages and all(paging.find_pte(ram, cr3, p).present for p in pages)
+        finally:
+            ram.close()
+        gdb.connect(clab.guest.port)
+        assert gdb.checked("kmemcheck").startswith("kmemcheck: off")
+    out, status = clab.run("echo uninit32 > /sys/kernel/debug/kmemgdb_check && echo ok")
+    assert status == 0 and "ok" in out
+
+
 def test_needs_a_4k_direct_map(lab):
     """The default guest (no debug_pagealloc) maps the direct map with 2 MiB pages."""
     with Stopped(lab) as gdb:
