@@ -10,7 +10,11 @@ One guest stop and one register write per tracked access.
 
 Instructions the host cannot emulate are single-stepped by the guest itself: the page is shown,
 TF is set in the saved flags, and the #DB that follows the instruction is caught at
-asm_exc_debug, where the page is hidden again and the trap undone.
+exc_debug(), where the page is hidden again and the trap undone in the saved flags.
+
+Hook sites are chosen away from hot code: QEMU runs every instruction of a 4 KiB page holding a
+breakpoint as its own translation block, so a hook on the syscall entry page (asm_exc_debug) or
+on kfree's page would slow down the whole guest.
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ MASK64 = (1 << 64) - 1
 TRACE = open(os.environ["KMEMGDB_KMEMCHECK_TRACE"], "w") if os.environ.get("KMEMGDB_KMEMCHECK_TRACE") else None
 TF = 1 << 8
 FAULT_REGISTERS = target.RawRegisters(("rsi", "rsp", "fs_base", "gs_base"))
-CALL_REGISTERS = target.RawRegisters(("rax", "rsi", "rdx", "rsp"))
+CALL_REGISTERS = target.RawRegisters(("rax", "rsi", "rdi", "rdx", "rsp"))
 GFP_ZERO = 0x100                     # ___GFP_ZERO (include/linux/gfp_types.h, 6.1)
 # Allocation entry points a module's code calls (6.1, include/linux/slab.h) and the register
 # holding their gfp_t argument; None: the object comes back initialized (kmemdup copies).
@@ -211,13 +215,15 @@ class Kmemcheck:
         # Saves the remove/insert packets around every stop.
         gdb.execute("set breakpoint always-inserted on", to_string=True)
         self.hooks.append(_Hook("spurious_kernel_fault", self.on_fault))
-        self.hooks.append(_Hook("asm_exc_debug", self.on_debug_trap))
+        self.hooks.append(_Hook("exc_debug", self.on_debug_trap))
         table = SESSION.symbolizer().kernel
         self.hook_addresses = {hook.number: table.by_name[name].addr for hook, name in
-                               zip(self.hooks, ("spurious_kernel_fault", "asm_exc_debug"))}
+                               zip(self.hooks, ("spurious_kernel_fault", "exc_debug"))}
         self.hooks.append(_Hook("__free_slab", self.on_free_slab))
         alloc = table.by_name["allocate_slab"]
-        for caller in ("___slab_alloc", "early_kmem_cache_node_alloc"):
+        # (early_kmem_cache_node_alloc, the other caller, runs at boot only, and its page holds
+        # __kmem_cache_free.)
+        for caller in ("___slab_alloc",):
             sym = table.by_name.get(caller)
             if sym is None:
                 continue
@@ -435,18 +441,19 @@ class Kmemcheck:
         self.stepping = (page, saved["rflags"])
 
     def on_debug_trap(self) -> bool:
-        """The #DB after a natively stepped instruction: hide the page again, undo the trap."""
+        """exc_debug(struct pt_regs *regs) after a natively stepped instruction: hide the page
+        again, restore TF in the saved flags, and return from exc_debug at once."""
         if self.stepping is None:
             return False
         page, rflags = self.stepping
-        rsp = target.register("rsp")
-        frame = (self.engine or self.last_engine).memory.read(rsp, 40)
-        rip, _cs, flags, old_rsp, _ss = (int.from_bytes(frame[i:i + 8], "little") for i in range(0, 40, 8))
+        regs = CALL_REGISTERS.read()
+        memory = (self.engine or self.last_engine).memory
+        flags_at = regs["rdi"] + ptregs.OFFSET["rflags"]
+        flags = int.from_bytes(memory.read(flags_at, 8), "little")
         steps = [lambda: self._hide_again(page)] if self.engine is not None else []
-        steps += [lambda: target.set_register("eflags", (flags & ~TF) | (rflags & TF)),
-                  lambda: target.set_register("rsp", old_rsp),
-                  lambda: target.set_register("rip", rip),
-                  lambda: setattr(self, "stepping", None)]
+        steps += [lambda: memory.write(flags_at, ((flags & ~TF) | (rflags & TF)).to_bytes(8, "little")),
+                  lambda: setattr(self, "stepping", None),
+                  lambda: target.set_pc(self.gadget + len(RETURN_ONE) - 1)]    # its `ret`
         self._run_commit(steps)
         return False
 

@@ -141,7 +141,7 @@ def bench_kmemcheck(runs: int = 2, loop: int = 3000, busy_cache: str = "kmalloc-
             _gdb_all(lab, "kmemcheck track cache kmemgdb_check", "kmemcheck 1")
             small = min(_tracked_run(lab, WORKLOAD)[0] for _ in range(runs))
             loop_s, loop_stats = _tracked_run(
-                lab, f"echo 'loop {loop}' > /sys/kernel/debug/kmemgdb_check")
+                lab, f"echo loop {loop} > /sys/kernel/debug/kmemgdb_check")
             cases = " ".join(f"echo {c} > /sys/kernel/debug/kmemgdb_check;" for c in CHECK_CASES)
             _, case_stats = _tracked_run(lab, cases)
             _gdb_all(lab, "kmemcheck 0", "kmemcheck notrack cache kmemgdb_check",
