@@ -31,6 +31,7 @@ class GdbSession:
                 "-iex", "set pagination off", "-iex", "set confirm off", "-iex", "set width 0",
                 "-iex", "set height 0", "-iex", f"set prompt {PROMPT}", str(vmlinux)]
         self.timeout = timeout
+        self.port = 0
         self._log = open(log_path, "w") if log_path else None
         self.proc = pexpect.spawn("gdb", argv, env=env, encoding="utf-8", codec_errors="replace",
                                   timeout=timeout, echo=False, dimensions=(1000, 1000))
@@ -65,6 +66,7 @@ class GdbSession:
         return out
 
     def connect(self, port: int) -> str:
+        self.port = port
         out = self.cmd(f"target remote 127.0.0.1:{port}", timeout=60)
         if "Remote debugging using" not in out or "Connection refused" in out:
             raise GdbError(f"gdb could not connect to port {port}:\n{out}")
@@ -92,7 +94,13 @@ class GdbSession:
             while True:
                 try:
                     self.proc.expect_exact(PROMPT, timeout=min(2, max(deadline - time.monotonic(), 0.1)))
-                    return self.proc.before.replace("\r", "")
+                    out = self.proc.before.replace("\r", "")
+                    if "Disconnected from target" in out and self.port:
+                        # gdb took this Ctrl-C for a second one (its remote interrupt state
+                        # survived a stop that raced with the previous one) and let go of the
+                        # guest, which runs on: attaching again stops it.
+                        out += self.connect(self.port)
+                    return out
                 except pexpect.TIMEOUT:
                     if time.monotonic() >= deadline:
                         raise GdbError("gdb did not stop the guest; last output:\n"

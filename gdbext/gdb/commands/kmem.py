@@ -143,7 +143,8 @@ Usage: kmem pte show ADDR"""
 
 
 class KmemPteShowAll(KmemCommand):
-    """Show every guest page kmemgdb hid. Never fails (it runs from detach and quit hooks).
+    """Show every guest page kmemgdb hid (turning kmemcheck off). Never fails: it runs from
+the detach, disconnect and quit hooks.
 
 Usage: kmem pte show-all [--quiet]"""
     PARSER = parser("kmem pte show-all", "Show every hidden page again.")
@@ -156,10 +157,11 @@ Usage: kmem pte show-all [--quiet]"""
     def run(self, args) -> None:
         from ..kmemcheck import KMEMCHECK
         try:
+            count = 0
             if KMEMCHECK.engine is not None or KMEMCHECK.hooks:
                 gdb.write("kmemcheck: off (the guest is being left)\n")
-                KMEMCHECK.disable()
-            count = SESSION.show_all_pages()
+                count = KMEMCHECK.disable()
+            count += SESSION.show_all_pages()
         except Exception as exc:  # a hook must not abort detach/quit
             gdb.write(f"kmemgdb: could not show hidden pages: {exc}\n")
             return
