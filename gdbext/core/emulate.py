@@ -661,10 +661,15 @@ def _b_set(insn, name, ops, text) -> Run:
 
 # ---- stack and control transfer ----
 
+def _stack_operand(insn, ops, text):
+    """push/pop [mem]: the memory operand's address function and the size moved (2 with a 0x66
+    prefix, else 8; REX.W wins)."""
+    m, _, _ = _mem_and_other(ops, text)
+    return m.ea, 2 if insn.prefix[2] == 0x66 and not insn.rex & 8 else 8
+
+
 def _b_push(insn, name, ops, text) -> Run:
-    m, other, _ = _mem_and_other(ops, text)
-    ea = m.ea
-    size = 2 if insn.prefix[2] == 0x66 and not insn.rex & 8 else 8   # REX.W wins
+    ea, size = _stack_operand(insn, ops, text)
 
     def run(r, mem, mops):
         v = _load(mem, mops, ea(r), size)      # address computed before rsp changes
@@ -675,9 +680,7 @@ def _b_push(insn, name, ops, text) -> Run:
 
 
 def _b_pop(insn, name, ops, text) -> Run:
-    m, other, _ = _mem_and_other(ops, text)
-    ea = m.ea
-    size = 2 if insn.prefix[2] == 0x66 and not insn.rex & 8 else 8   # REX.W wins
+    ea, size = _stack_operand(insn, ops, text)
 
     def run(r, mem, mops):
         sp = r["rsp"]

@@ -91,6 +91,20 @@ def _hidden_counter(lab, gdb) -> int:
     return addr
 
 
+def _stop_at_fault(lab, location: str, address_register: str):
+    """Hide the hello module's counter page, break at LOCATION for faults on it (the faulting
+    address in ADDRESS_REGISTER), poke the module and wait for the stop: (gdb, counter address)."""
+    with Stopped(lab) as gdb:
+        for line in PY_SETUP:
+            gdb.checked(line)
+        addr = _hidden_counter(lab, gdb)
+        gdb.checked(f"break *{location} "
+                    f"if ((unsigned long)${address_register} >> 12) == {addr >> 12:#x}")
+    _poke(lab)
+    assert location in lab.gdb.wait_stop(timeout=60)
+    return lab.gdb, addr
+
+
 def _poke(lab):
     lab.guest.console.send("echo 1 > /sys/kernel/debug/kmemgdb_hello; echo poke-$?-done\n")
 
@@ -113,18 +127,9 @@ def _recover(g, undo: list[str]) -> None:
 def test_backtrace_from_the_page_fault_handler_reaches_the_faulting_function(lab):
     lab.run("insmod /modules/kmemgdb_hello.ko")
     try:
-        with Stopped(lab) as gdb:
-            for line in PY_SETUP:
-                gdb.checked(line)
-            addr = _hidden_counter(lab, gdb)
-            # Called by exc_page_fault (do_kern_addr_fault, inlined) for kernel-address faults;
-            # at its first instruction rsi is the faulting address.
-            gdb.checked("break *spurious_kernel_fault "
-                        f"if ((unsigned long)$rsi >> 12) == {addr >> 12:#x}")
-        _poke(lab)
-        stop = lab.gdb.wait_stop(timeout=60)
-        assert "spurious_kernel_fault" in stop
-        g = lab.gdb
+        # Called by exc_page_fault (do_kern_addr_fault, inlined) for kernel-address faults;
+        # at its first instruction rsi is the faulting address.
+        g, addr = _stop_at_fault(lab, "spurious_kernel_fault", "rsi")
         try:
             _inspect_handler_stop(g)
         except BaseException:
@@ -196,16 +201,7 @@ def _inspect_handler_stop(g) -> None:
 def test_backtrace_at_the_entry_stub_uses_the_hardware_frame(lab):
     lab.run("insmod /modules/kmemgdb_hello.ko")
     try:
-        with Stopped(lab) as gdb:
-            for line in PY_SETUP:
-                gdb.checked(line)
-            addr = _hidden_counter(lab, gdb)
-            gdb.checked("break *asm_exc_page_fault "
-                        f"if ((unsigned long)$cr2 >> 12) == {addr >> 12:#x}")
-        _poke(lab)
-        stop = lab.gdb.wait_stop(timeout=60)
-        assert "asm_exc_page_fault" in stop
-        g = lab.gdb
+        g, addr = _stop_at_fault(lab, "asm_exc_page_fault", "cr2")
         undo = [f"set ${reg} = *(long *)($rsp + {slot})"
                 for reg, slot in (("rip", 8), ("eflags", 24), ("rsp", 32))]
         try:
