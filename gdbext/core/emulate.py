@@ -526,12 +526,17 @@ def _b_xchg(insn, name, ops, text) -> Run:
     return run
 
 
-def _b_xadd(insn, name, ops, text) -> Run:
+def _mem_dest_reg(ops, text):
+    """(address function, register, size) of `op [mem], reg` (xadd, cmpxchg)."""
     dst, src = ops
     _check_sizes(dst, src, text)
     if dst.kind != "m" or src.kind != "r":
         raise Unsupported(f"{text}: no memory destination")
-    ea, reg, size = dst.ea, src.reg, dst.size
+    return dst.ea, src.reg, dst.size
+
+
+def _b_xadd(insn, name, ops, text) -> Run:
+    ea, reg, size = _mem_dest_reg(ops, text)
 
     def run(r, mem, mops):
         a = ea(r)
@@ -544,11 +549,7 @@ def _b_xadd(insn, name, ops, text) -> Run:
 
 
 def _b_cmpxchg(insn, name, ops, text) -> Run:
-    dst, src = ops
-    _check_sizes(dst, src, text)
-    if dst.kind != "m" or src.kind != "r":
-        raise Unsupported(f"{text}: no memory destination")
-    ea, reg, size = dst.ea, src.reg, dst.size
+    ea, reg, size = _mem_dest_reg(ops, text)
     acc = _ACCUMULATOR[size]
 
     def run(r, mem, mops):
