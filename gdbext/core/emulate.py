@@ -770,14 +770,14 @@ def _b_string(insn, kind: str, ops, text: str, rep: int, amask: int) -> Run:
         if rep:
             r["rcx"] = (r["rcx"] - n) & amask
 
+    def iterations(r) -> int:
+        return r["rcx"] & amask if rep else 1
+
     if kind in ("movs", "stos", "lods"):
         def run(r, mem, mops):
-            if rep:
-                n = r["rcx"] & amask
-                if not n:
-                    return None
-            else:
-                n = 1
+            n = iterations(r)
+            if not n:
+                return None
             back = bool(r["rflags"] & DF)
             total = n * size
             if total > _REP_LIMIT:
@@ -810,12 +810,9 @@ def _b_string(insn, kind: str, ops, text: str, rep: int, amask: int) -> Run:
     stop_equal = rep == 0xF2                      # repne stops on equal, repe on not equal
 
     def run(r, mem, mops):
-        if rep:
-            n = r["rcx"] & amask
-            if not n:
-                return None
-        else:
-            n = 1
+        n = iterations(r)
+        if not n:
+            return None
         back = bool(r["rflags"] & DF)
         si, di = r["rsi"] & amask, r["rdi"] & amask
         sbase = r[seg] if seg else 0

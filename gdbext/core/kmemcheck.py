@@ -22,7 +22,7 @@ from . import emulate
 from .decode import DecodeError, decode
 from .heap.context import PAGE_SIZE, GuestContext
 from .heap.model import CacheInfo
-from .heap.slub import FreelistError, SlabRef, free_indices, slab_at
+from .heap.slub import FreelistError, SlabRef, free_indices
 from .hidden import ThroughHidden
 from .shadow import FREED, INITIALIZED, STATE_NAMES, UNALLOCATED, UNINITIALIZED, Shadow
 
@@ -491,7 +491,3 @@ class Engine:
         self.slabs.clear()
         self.objects.clear()
         self._allocator_pcs.clear()
-
-
-def slab_of(ctx: GuestContext, addr: int) -> SlabRef | None:
-    return slab_at(ctx, addr)

@@ -122,9 +122,6 @@ class Shadow:
                 return Verdict(worst, start + hit)
         return Verdict(INITIALIZED, None)
 
-    def check_read(self, start: int, size: int, partial_ok: bool = False) -> Verdict:
-        return self.check(start, size, partial_ok)
-
     def copy(self, dst: int, src: int, size: int) -> None:
         """movs between memory: the destination takes the source's states and origins (untracked
         source bytes count as initialized)."""

@@ -25,7 +25,7 @@ import gdb
 
 from ..core import paging, ptregs
 from ..core.codescan import RETURN_ONE, call_sites, find_bytes
-from ..core.heap.context import PAGE_SIZE, GuestContext
+from ..core.heap.context import PAGE_SIZE, STRUCT_PAGE_SIZE, GuestContext
 from ..core.heap.slub import SlabRef, read_cache, slab_at, slabs_of
 from ..core.heap.tracks import read_alloc_track
 from ..core.hidden import ThroughHidden
@@ -38,7 +38,6 @@ from .heapctx import guest_context
 from .hooks import SilentHook
 from .modules import MODULES
 from .session import SESSION
-from .symbolize import frame_for
 
 MASK64 = (1 << 64) - 1
 # KMEMGDB_KMEMCHECK_TRACE=FILE logs every tracked access (debugging kmemgdb itself).
@@ -231,9 +230,8 @@ class Kmemcheck:
                 self.hooks.append(_Hook(f"*{site + 5:#x}", self.on_new_slab))
         MODULES.load_listeners.append(self.on_module_load)
         MODULES.unload_listeners.append(self.on_module_unload)
-        for mod in list_modules(ctx.vmem, ctx.layout):
-            if mod.name in self.scope.modules:
-                self._hook_module(mod.name, self._module_text(mod.address))
+        self._hook_scoped_modules()
+
     def _track_existing(self, ctx: GuestContext) -> int:
         return self._hide_caches(ctx, self._tracked_caches(ctx))
 
@@ -275,6 +273,12 @@ class Kmemcheck:
                     hooks.append(_Hook(f"*{site + 5:#x}", self.on_module_alloc))
         return len(hooks) // 2
 
+    def _hook_scoped_modules(self) -> None:
+        """Hook the loaded modules of the scope that are not hooked yet."""
+        for mod in list_modules(self.ctx.vmem, self.ctx.layout):
+            if mod.name in self.scope.modules and mod.name not in self.module_hooks:
+                self._hook_module(mod.name, self._module_text(mod.address))
+
     def on_module_load(self, mod: gdb.Value) -> None:
         name = mod["name"].string()
         if self.engine is not None and name in self.scope.modules:
@@ -314,19 +318,14 @@ class Kmemcheck:
         Returns the pages hidden."""
         if self.engine is None:
             return 0
-        for mod in list_modules(self.ctx.vmem, self.ctx.layout):
-            if mod.name in self.scope.modules and mod.name not in self.module_hooks:
-                self._hook_module(mod.name, self._module_text(mod.address))
+        self._hook_scoped_modules()
         caches = self._tracked_caches(self.ctx)
-        hidden = SESSION.hidden_pages()
         known = set()
         for page, (_slab, cache) in list(self.engine.slabs.items()):
             if cache.address in caches:
                 known.add(cache.address)
             elif not self.engine.scoped_objects_on(page):
-                hidden.show(page)
-                self.pages.discard(page)
-                self.engine.untrack_page(page)
+                self._release_page(page)
         return self._hide_caches(self.ctx, {a: c for a, c in caches.items() if a not in known})
 
     def _tracked_caches(self, ctx: GuestContext) -> dict:
@@ -357,9 +356,6 @@ class Kmemcheck:
         return count
 
     # -- hooks (inside Breakpoint.stop: no breakpoint changes, no execution control) ------------
-    def _frame_register(self, name: str) -> int:
-        return int(gdb.selected_frame().read_register(name)) & MASK64
-
     def on_fault(self) -> bool:
         engine = self.engine
         if engine is None:
@@ -479,36 +475,41 @@ class Kmemcheck:
         else:
             action()
 
+    def _slab_base(self, slab_struct: int) -> int:
+        """Direct-map address of the page whose struct page / struct slab is SLAB_STRUCT."""
+        return self.ctx.page_offset + (slab_struct - self.ctx.vmemmap) // STRUCT_PAGE_SIZE * PAGE_SIZE
+
+    def _release_page(self, page: int) -> None:
+        """Show a page again and stop shadowing it."""
+        SESSION.hidden_pages().show(page)
+        self.pages.discard(page)
+        self.engine.untrack_page(page)
+
     def on_new_slab(self) -> bool:
+        """The return of allocate_slab(): rax is the new struct slab *."""
         if self.engine is None:
             return False
-        slab_struct = self._frame_register("rax")
+        slab_struct = CALL_REGISTERS.read()["rax"]
         if not slab_struct:
             return False
-        try:
-            cache = self._cache(self.ctx.u64(slab_struct + self.ctx.layout.off("slab.slab_cache")))
-            if self.scope.tracks_cache(cache.name):
-                slab = slab_at(self.ctx, self.ctx.page_offset + (slab_struct - self.ctx.vmemmap) // 64 * PAGE_SIZE)
-                if slab is not None and self._hide_slab(slab, cache, target.register("cr3"), fresh=True):
-                    target.flush_tlb()
-        except Exception as exc:
-            gdb.write(f"kmemcheck: new slab at {slab_struct:#x} not tracked: {exc}\n")
+        cache = self._cache(self.ctx.u64(slab_struct + self.ctx.layout.off("slab.slab_cache")))
+        if self.scope.tracks_cache(cache.name):
+            slab = slab_at(self.ctx, self._slab_base(slab_struct))
+            if slab is not None and self._hide_slab(slab, cache, target.register("cr3"), fresh=True):
+                target.flush_tlb()
         return False
 
     def on_free_slab(self) -> bool:
-        """A slab goes back to the page allocator: stop hiding and shadowing its pages."""
+        """__free_slab(s, slab): the slab goes back to the page allocator: stop hiding and
+        shadowing its pages."""
         if self.engine is None:
             return False
-        slab_struct = self._frame_register("rsi")
-        base = self.ctx.page_offset + (slab_struct - self.ctx.vmemmap) // 64 * PAGE_SIZE
+        base = self._slab_base(CALL_REGISTERS.read()["rsi"])
         if not self.engine.tracked_page(base):
             return False
         _slab, cache = self.engine.slabs[base]
-        hidden = SESSION.hidden_pages()
         for page in range(base, base + cache.slab_bytes, PAGE_SIZE):
-            hidden.show(page)
-            self.pages.discard(page)
-            self.engine.untrack_page(page)
+            self._release_page(page)
         return False
 
     # -- engine callbacks -----------------------------------------------------------------------

@@ -62,16 +62,16 @@ def test_shadow_states_and_reads():
     s = Shadow()
     base = 0xFFFF888000100000
     s.track(base, 64)
-    assert s.check_read(base, 8).state == UNALLOCATED
+    assert s.check(base, 8).state == UNALLOCATED
     s.set(base, 32, UNINITIALIZED)                  # allocation
     s.set(base + 8, 4, INITIALIZED)                 # a write
-    assert s.check_read(base + 8, 4).ok
-    verdict = s.check_read(base + 8, 8)
+    assert s.check(base + 8, 4).ok
+    verdict = s.check(base + 8, 8)
     assert verdict.state == UNINITIALIZED and verdict.first_bad == base + 12
-    assert s.check_read(base + 8, 8, partial_ok=True).ok          # 32-bit load of a 16-bit field
+    assert s.check(base + 8, 8, partial_ok=True).ok          # 32-bit load of a 16-bit field
     s.set(base, 32, FREED)
-    assert s.check_read(base + 8, 4, partial_ok=True).state == FREED
-    assert s.check_read(0xFFFF888000900000, 8).ok                 # untracked: nothing to say
+    assert s.check(base + 8, 4, partial_ok=True).state == FREED
+    assert s.check(0xFFFF888000900000, 8).ok                 # untracked: nothing to say
 
 
 def test_shadow_copy_across_pages_and_window():

@@ -7,7 +7,6 @@ import gdb
 
 from ...core import shadow as S
 from ...core.kmemcheck_report import finding_json, render_finding
-from .. import settings
 from ..kmemcheck import KMEMCHECK, Suppression
 from .base import KmemCommand, address, parser
 from .kmem import painter
