@@ -7,8 +7,7 @@ from pathlib import Path
 
 # no_hash_pointers: reports printed by the guest (oopses, the in-kernel kmemleak) show real
 # addresses; a TCG guest often has no entropy yet and would print "(____ptrval____)".
-# i8042.noaux: no PS/2 mouse, whose late probe message ("input: ImExPS/2 ...") otherwise lands
-# in the middle of console command output.
+# i8042.noaux: no PS/2 mouse probe (a late, slow one under TCG).
 BASE_CMDLINE = ["console=ttyS0", "nokaslr", "panic=-1", "no_hash_pointers", "i8042.noaux"]
 
 
@@ -44,8 +43,12 @@ def kvm_usable(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"vmx", "svm"})
 
 
-def qemu_argv(spec: GuestSpec, gdb_port: int, ram_path: str, paused: bool, kvm: bool) -> list[str]:
-    """argv for QEMU: gdbstub on 127.0.0.1:GDB_PORT, RAM shared through RAM_PATH, serial on stdio."""
+def qemu_argv(spec: GuestSpec, gdb_port: int, ram_path: str, paused: bool, kvm: bool,
+              shell_socket: str) -> list[str]:
+    """argv for QEMU: gdbstub on 127.0.0.1:GDB_PORT, RAM shared through RAM_PATH, the kernel
+    console (ttyS0) on stdio and the guest shell's serial line (ttyS1) on the unix socket
+    SHELL_SOCKET. Two lines because the kernel prints whenever it likes: on one line its
+    messages land in the middle of command output."""
     mem = f"{spec.memory_mib}M"
     argv = [
         spec.qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -55,6 +58,7 @@ def qemu_argv(spec: GuestSpec, gdb_port: int, ram_path: str, paused: bool, kvm: 
         "-accel", "kvm" if kvm else "tcg",
         "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline(),
         "-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
+        "-chardev", f"socket,id=sh0,path={shell_socket},server=on,wait=off", "-serial", "chardev:sh0",
         "-monitor", "none",
         "-gdb", f"tcp:127.0.0.1:{gdb_port}",
     ]

@@ -1,10 +1,13 @@
 """Start a QEMU guest with its gdbstub open, capture its console, and end it by process id."""
 from __future__ import annotations
 
+import codecs
+import itertools
 import os
 import secrets
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,6 +40,23 @@ def _listening(port: int) -> bool:
     return any(f.split()[1] == want and f.split()[3] == "0A" for f in lines)
 
 
+_sync_ids = itertools.count(1)
+
+
+def _pump(fd: int, console: Console) -> None:
+    """Feed CONSOLE from FD until QEMU closes it."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        console.feed(decoder.decode(chunk))
+    console.close()
+
+
 class Guest:
     """One running QEMU. Use as a context manager so it is always ended by pid."""
 
@@ -44,12 +64,17 @@ class Guest:
         self.spec = spec
         self.workdir = Path(workdir)
         self.paused = paused
-        self.ram_path = str(SHM_DIR / f"kmemgdb-{os.getpid()}-{secrets.token_hex(4)}")
+        name = f"kmemgdb-{os.getpid()}-{secrets.token_hex(4)}"
+        self.ram_path = str(SHM_DIR / name)
+        # In the temp dir, not the workdir: a unix socket path has at most 107 bytes.
+        self.shell_socket = os.path.join(tempfile.gettempdir(), name + ".shell")
         self.kvm = spec.accel == "kvm" or (spec.accel == "auto" and kvm_usable())
         self.proc: subprocess.Popen | None = None
         self.port = 0
-        self.console: Console | None = None
-        self._reader: threading.Thread | None = None
+        self.console: Console | None = None   # ttyS0: the kernel's messages
+        self.shell: Console | None = None     # ttyS1: the guest shell, nothing else
+        self._sock: socket.socket | None = None
+        self._readers: list[threading.Thread] = []
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, attempts: int = 5) -> "Guest":
@@ -66,7 +91,8 @@ class Guest:
         raise GuestError(f"QEMU did not start: {last_error.strip() or 'no error output'}")
 
     def _start_once(self) -> bool:
-        argv = qemu_argv(self.spec, self.port, self.ram_path, self.paused, self.kvm)
+        argv = qemu_argv(self.spec, self.port, self.ram_path, self.paused, self.kvm,
+                         self.shell_socket)
         if os.environ.get("KMEMGDB_QEMU_DEBUG"):   # CPU resets (triple faults) and guest errors
             argv += ["-d", "cpu_reset,guest_errors", "-D", str(self.workdir / "qemu-debug.log")]
         self.argv = argv
@@ -74,16 +100,25 @@ class Guest:
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._stderr, start_new_session=True)
         self.console = Console(self.workdir / "console.log", self._write_stdin)
-        self._reader = threading.Thread(target=self._read_console, daemon=True)
-        self._reader.start()
+        self._start_reader(self.proc.stdout.fileno(), self.console)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return False
-            if _listening(self.port):
-                return True
+            if _listening(self.port):     # chardevs exist before the gdbstub listens
+                return self._connect_shell()
             time.sleep(0.02)
         return False
+
+    def _connect_shell(self) -> bool:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.connect(self.shell_socket)
+        except OSError:
+            return False
+        self.shell = Console(self.workdir / "shell.log", self._write_shell)
+        self._start_reader(self._sock.fileno(), self.shell)
+        return True
 
     def stop(self) -> None:
         """End QEMU by its pid and remove the RAM file (safe to call twice)."""
@@ -93,12 +128,15 @@ class Guest:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 pass
-        if self._reader:
-            self._reader.join(5)
-        try:
-            os.unlink(self.ram_path)
-        except FileNotFoundError:
-            pass
+        for reader in self._readers:
+            reader.join(5)
+        if self._sock:
+            self._sock.close()
+        for path in (self.ram_path, self.shell_socket):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def __enter__(self) -> "Guest":
         return self.start()
@@ -124,8 +162,8 @@ class Guest:
         crash = self.console.crash()
         if crash:
             raise GuestError(f"guest kernel crashed: {crash}\nconsole tail:\n{self.console.tail()}")
-        if self.console.closed and self.proc:
-            try:                       # stdout closes a moment before the process is reaped
+        if (self.console.closed or (self.shell and self.shell.closed)) and self.proc:
+            try:                       # its outputs close a moment before the process is reaped
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 pass
@@ -135,15 +173,28 @@ class Guest:
                              f"console tail:\n{self.console.tail()}")
 
     def wait_ready(self, timeout: float = 120) -> None:
-        """Wait for the guest init's ready line (the guest must be running)."""
-        assert self.console is not None
-        self.console.wait_for(r"kmemgdb-guest-ready", timeout, alive=self.check)
+        """Wait for the guest init's ready line on the shell's line (the guest must be running):
+        init prints it after opening ttyS1, so nothing typed from then on is lost."""
+        assert self.shell is not None
+        self.shell.wait_for(r"kmemgdb-guest-ready", timeout, alive=self.check)
 
     def run(self, command: str, timeout: float = 60) -> tuple[str, int]:
-        assert self.console is not None
-        result = self.console.run(command, timeout, alive=self.check)
+        """Run COMMAND in the guest shell; return (output, exit status). On return the kernel
+        console holds everything the kernel printed before the command ended."""
+        assert self.shell is not None and self.console is not None
+        result = self.shell.run(command, timeout, alive=self.check)
+        self.sync_console(timeout)
         self.check()  # a command that crashed the kernel still lets its shell print the marker
         return result
+
+    def sync_console(self, timeout: float = 60) -> None:
+        """Wait until the kernel console has caught up with the shell (the two lines are read
+        by separate threads): a marker written to /dev/console follows every earlier printk."""
+        assert self.shell is not None and self.console is not None
+        tag = f"kmemgdb-sync-{next(_sync_ids)}"
+        since = len(self.console.text)
+        self.shell.run(f"echo {tag} >/dev/console", timeout, alive=self.check)
+        self.console.wait_for(rf"{tag}\n", timeout, since, alive=self.check)
 
     # -- plumbing --------------------------------------------------------------------------
     def _write_stdin(self, data: bytes) -> None:
@@ -155,18 +206,18 @@ class Guest:
         except BrokenPipeError as exc:
             raise GuestError("QEMU exited; cannot type into the guest console") from exc
 
-    def _read_console(self) -> None:
-        assert self.proc and self.proc.stdout and self.console
-        fd = self.proc.stdout.fileno()
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            self.console.feed(chunk.decode("utf-8", errors="replace"))
-        self.console.close()
+    def _write_shell(self, data: bytes) -> None:
+        if not self._sock:
+            raise GuestError("guest is not running")
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise GuestError("QEMU exited; cannot type into the guest shell") from exc
+
+    def _start_reader(self, fd: int, console: Console) -> None:
+        reader = threading.Thread(target=_pump, args=(fd, console), daemon=True)
+        reader.start()
+        self._readers.append(reader)
 
     def _stderr_text(self) -> str:
         try:

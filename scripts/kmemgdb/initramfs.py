@@ -22,6 +22,9 @@ mount -t debugfs debugfs /sys/kernel/debug
 mkdir -p /tmp && mount -t tmpfs tmpfs /tmp 2>/dev/null
 cd /root
 echo kmemgdb-guest-ready
+# The shell gets its own serial line: kernel messages stay on the console (ttyS0).
+exec </dev/ttyS1 >/dev/ttyS1 2>&1
+echo kmemgdb-guest-ready
 while true; do /bin/sh; done
 """
 

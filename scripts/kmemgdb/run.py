@@ -127,9 +127,11 @@ def run(options: RunOptions) -> tuple[dict, int]:
                 if options.reference_kmemleak:
                     _symbolize_reference(lab, doc["reference_kmemleak"]["leaks"])
                 doc["console"] = lab.guest.console.text
+                doc["shell"] = lab.guest.shell.text
         except LAB_ERRORS as exc:
-            console = workdir / "console.log"
-            doc["console"] = console.read_text(errors="replace") if console.exists() else ""
+            for key in ("console", "shell"):
+                log = workdir / f"{key}.log"
+                doc[key] = log.read_text(errors="replace") if log.exists() else ""
             doc["error"] = str(exc)
             _write(options.json_path, doc)
             raise
@@ -149,7 +151,8 @@ def _run_steps(lab: Lab, steps: list[Step], doc: dict, deadline: Deadline) -> No
             output, status = lab.run(step.command, timeout=deadline.left())
         except ConsoleError:
             raise KmemgdbError(f"guest {step.kind} {step.argument!r} did not finish: run timed out "
-                               f"after {deadline.seconds:.0f} s (--timeout); console tail:\n"
+                               f"after {deadline.seconds:.0f} s (--timeout); shell tail:\n"
+                               + lab.guest.shell.tail(10) + "\nconsole tail:\n"
                                + lab.guest.console.tail(10)) from None
         doc["steps"].append({"kind": step.kind, "argument": step.argument,
                              "command": step.command, "exit_status": status, "output": output})

@@ -17,13 +17,14 @@ def kmemgdb(*args, timeout=300):
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-def test_exec_output_lands_in_console_and_json(tmp_path, hello_ko):
+def test_exec_output_lands_in_shell_log_and_json(tmp_path, hello_ko):
     report = tmp_path / "r.json"
     res = kmemgdb("run", "--insmod", hello_ko, "--exec", "echo hello-from-guest; cat /proc/modules",
                   "--exec", "uname -r", "--json", report)
     assert res.returncode == 0, res.stderr
     doc = json.loads(report.read_text())
-    assert "hello-from-guest" in doc["console"]
+    assert "hello-from-guest" in doc["shell"] and "hello-from-guest" not in doc["console"]
+    assert "Linux version 6.1" in doc["console"]
     steps = doc["steps"]
     assert [s["kind"] for s in steps] == ["insmod", "exec", "exec"]
     assert steps[1]["exit_status"] == 0 and "kmemgdb_hello" in steps[1]["output"]

@@ -19,6 +19,13 @@ def test_info_matches_the_guest(lab):
     assert field(out, "page_offset_base").startswith("0xffff888000000000")
 
 
+def test_kernel_messages_stay_out_of_shell_output(lab):
+    since = len(lab.guest.console.text)
+    out, status = lab.run("echo one; echo kernel-says-hi >/dev/kmsg; echo two")
+    assert (out, status) == ("one\ntwo\n", 0)
+    assert "kernel-says-hi" in lab.guest.console.text[since:]   # already there on return
+
+
 def test_info_lists_modules_like_lsmod(lab):
     lab.run("insmod /modules/kmemgdb_hello.ko")
     try:
@@ -57,7 +64,7 @@ def test_hidden_page_faults_and_showing_it_lets_the_guest_continue(lab):
             hide = gdb.checked(f"kmem pte hide {addr:#x}")
             assert "hidden by kmemgdb" in hide
             gdb.checked(f"break *asm_exc_page_fault if ((unsigned long)$cr2 >> 12) == {addr >> 12:#x}")
-        lab.guest.console.send("echo 1 > /sys/kernel/debug/kmemgdb_hello; echo poke-$?-done\n")
+        lab.guest.shell.send("echo 1 > /sys/kernel/debug/kmemgdb_hello; echo poke-$?-done\n")
         stop = lab.gdb.wait_stop(timeout=60)
         assert "asm_exc_page_fault" in stop
         assert int(lab.gdb.checked("p/x (unsigned long)$cr2").split("=")[1], 16) == addr
@@ -70,7 +77,7 @@ def test_hidden_page_faults_and_showing_it_lets_the_guest_continue(lab):
             lab.gdb.checked(f"set ${reg} = *(long *)($rsp + {slot})" if reg != "rsp"
                             else "set $rsp = *(long *)($rsp + 32)")
         lab.gdb.cont()
-        lab.guest.console.wait_for(r"poke-0-done", 30, alive=lab.guest.check)
+        lab.guest.shell.wait_for(r"poke-0-done", 30, alive=lab.guest.check)
         out, _ = lab.run("dmesg | grep 'kmemgdb_hello: counter'")
         assert "counter 2" in out
         lab.guest.check()      # no oops, no panic

@@ -106,11 +106,11 @@ def _stop_at_fault(lab, location: str, address_register: str):
 
 
 def _poke(lab):
-    lab.guest.console.send("echo 1 > /sys/kernel/debug/kmemgdb_hello; echo poke-$?-done\n")
+    lab.guest.shell.send("echo 1 > /sys/kernel/debug/kmemgdb_hello; echo poke-$?-done\n")
 
 
 def _counter_advanced(lab):
-    lab.guest.console.wait_for(r"poke-0-done", 30, alive=lab.guest.check)
+    lab.guest.shell.wait_for(r"poke-0-done", 30, alive=lab.guest.check)
     out, _ = lab.run("dmesg | grep 'kmemgdb_hello: counter'")
     assert "counter 2" in out
     lab.guest.check()      # no oops, no panic

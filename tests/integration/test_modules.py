@@ -9,7 +9,7 @@ def test_module_symbols_follow_load_and_unload(lab):
     with Stopped(lab) as gdb:
         out = gdb.checked("break kmemgdb_hello_poke")
         assert "Breakpoint" in out and "kmemgdb_hello.c" in out
-    lab.guest.console.send("echo 1 > /sys/kernel/debug/kmemgdb_hello\n")
+    lab.guest.shell.send("echo 1 > /sys/kernel/debug/kmemgdb_hello\n")
     stop = lab.gdb.wait_stop(timeout=60)
     assert "kmemgdb_hello_poke" in stop
     bt = lab.gdb.checked("bt 4")

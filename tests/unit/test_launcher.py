@@ -10,7 +10,7 @@ from qemu.console import Console, ConsoleError
 
 def test_argv_shares_ram_and_opens_gdbstub():
     spec = GuestSpec(Path("/k/bzImage"), Path("/k/initrd"), memory_mib=512, smp=2, append=["x=1"])
-    argv = qemu_argv(spec, 4321, "/dev/shm/ram", paused=True, kvm=False)
+    argv = qemu_argv(spec, 4321, "/dev/shm/ram", paused=True, kvm=False, shell_socket="/tmp/s")
     joined = " ".join(argv)
     assert "memory-backend-file,id=ram0,size=512M,mem-path=/dev/shm/ram,share=on" in joined
     assert "-gdb tcp:127.0.0.1:4321" in joined and "-S" in argv
