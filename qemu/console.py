@@ -86,14 +86,31 @@ class Console:
     def send(self, text: str) -> None:
         self._write(text.encode())
 
-    def run(self, command: str, timeout: float = 60,
-            alive: Callable[[], None] | None = None) -> tuple[str, int]:
-        """Run COMMAND in the guest shell; return (output, exit status)."""
+    def start_command(self, command: str) -> "Pending":
+        """Type COMMAND into the guest shell without waiting for it (it may stop at a
+        breakpoint first); Pending.wait() collects it."""
         tag = f"KMEMGDB{next(_marker_ids)}"
         since = len(self.text)
         # The shell echoes what it is sent; the quotes split the begin marker and `$?` is
         # unexpanded there, so both markers only match in what the shell really printed.
         self.send(f"echo \"@@{tag}\"\"-begin@@\"; {command}; echo \"@@{tag}:$?@@\"\n")
-        begin = self.wait_for(rf"@@{tag}-begin@@\n", timeout, since, alive)
-        end = self.wait_for(rf"@@{tag}:(\d+)@@", timeout, begin.end(), alive)
-        return self.text[begin.end():end.start()], int(end.group(1))
+        return Pending(self, tag, since)
+
+    def run(self, command: str, timeout: float = 60,
+            alive: Callable[[], None] | None = None) -> tuple[str, int]:
+        """Run COMMAND in the guest shell; return (output, exit status)."""
+        return self.start_command(command).wait(timeout, alive)
+
+
+class Pending:
+    """A shell command typed in and not yet collected."""
+
+    def __init__(self, console: Console, tag: str, since: int):
+        self.console, self.tag, self.since = console, tag, since
+
+    def wait(self, timeout: float = 60,
+             alive: Callable[[], None] | None = None) -> tuple[str, int]:
+        """Wait for the command to end; return (output, exit status)."""
+        begin = self.console.wait_for(rf"@@{self.tag}-begin@@\n", timeout, self.since, alive)
+        end = self.console.wait_for(rf"@@{self.tag}:(\d+)@@", timeout, begin.end(), alive)
+        return self.console.text[begin.end():end.start()], int(end.group(1))

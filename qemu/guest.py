@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .argv import GuestSpec, kvm_usable, qemu_argv
-from .console import Console
+from .console import Console, Pending
 
 SHM_DIR = Path("/dev/shm")
 
@@ -181,11 +181,13 @@ class Guest:
     def run(self, command: str, timeout: float = 60) -> tuple[str, int]:
         """Run COMMAND in the guest shell; return (output, exit status). On return the kernel
         console holds everything the kernel printed before the command ended."""
-        assert self.shell is not None and self.console is not None
-        result = self.shell.run(command, timeout, alive=self.check)
-        self.sync_console(timeout)
-        self.check()  # a command that crashed the kernel still lets its shell print the marker
-        return result
+        return self.start_command(command).wait(timeout)
+
+    def start_command(self, command: str) -> "GuestCommand":
+        """Type COMMAND into the guest shell and return at once: for commands that stop at a
+        breakpoint before they end. wait() on the result as run() does."""
+        assert self.shell is not None
+        return GuestCommand(self, self.shell.start_command(command))
 
     def sync_console(self, timeout: float = 60) -> None:
         """Wait until the kernel console has caught up with the shell (the two lines are read
@@ -224,3 +226,16 @@ class Guest:
             return (self.workdir / "qemu-stderr.log").read_text()
         except OSError:
             return ""
+
+
+class GuestCommand:
+    """A guest shell command that was started and is waited for later."""
+
+    def __init__(self, guest: Guest, pending: Pending):
+        self.guest, self.pending = guest, pending
+
+    def wait(self, timeout: float = 60) -> tuple[str, int]:
+        result = self.pending.wait(timeout, alive=self.guest.check)
+        self.guest.sync_console(timeout)
+        self.guest.check()  # a command that crashed the kernel still lets its shell print the marker
+        return result

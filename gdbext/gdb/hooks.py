@@ -27,6 +27,9 @@ class SilentHook(gdb.Breakpoint):
             if self.interrupted is None:
                 raise
             self.interrupted(self.action)
+            pc = target.register("rip")
+            gdb.write(f"kmemgdb: Ctrl-C inside the {self.what} hook: finished its work; "
+                      f"the guest stopped at {gdb.format_address(pc)}\n")
             return True
         except Exception as exc:
             gdb.write(f"kmemgdb: {self.what}: {type(exc).__name__}: {exc}\n")

@@ -64,7 +64,7 @@ def test_hidden_page_faults_and_showing_it_lets_the_guest_continue(lab):
             hide = gdb.checked(f"kmem pte hide {addr:#x}")
             assert "hidden by kmemgdb" in hide
             gdb.checked(f"break *asm_exc_page_fault if ((unsigned long)$cr2 >> 12) == {addr >> 12:#x}")
-        lab.guest.shell.send("echo 1 > /sys/kernel/debug/kmemgdb_hello; echo poke-$?-done\n")
+        poke = lab.guest.start_command("echo 1 > /sys/kernel/debug/kmemgdb_hello")
         stop = lab.gdb.wait_stop(timeout=60)
         assert "asm_exc_page_fault" in stop
         assert int(lab.gdb.checked("p/x (unsigned long)$cr2").split("=")[1], 16) == addr
@@ -77,7 +77,7 @@ def test_hidden_page_faults_and_showing_it_lets_the_guest_continue(lab):
             lab.gdb.checked(f"set ${reg} = *(long *)($rsp + {slot})" if reg != "rsp"
                             else "set $rsp = *(long *)($rsp + 32)")
         lab.gdb.cont()
-        lab.guest.shell.wait_for(r"poke-0-done", 30, alive=lab.guest.check)
+        assert poke.wait(30)[1] == 0
         out, _ = lab.run("dmesg | grep 'kmemgdb_hello: counter'")
         assert "counter 2" in out
         lab.guest.check()      # no oops, no panic

@@ -284,6 +284,68 @@ def test_off_shows_every_page_and_the_guest_runs_on(clab):
     clab.guest.check()
 
 
+def test_internal_error_turns_off_shows_pages_and_the_access_completes(clab):
+    """Fault injection: the engine raises inside the fault hook. The hook must not leave the
+    guest faulting on a hidden page: kmemcheck turns off, every page is shown again, and the
+    interrupted read completes in the guest."""
+    with Stopped(clab) as gdb:
+        gdb.checked("kmemcheck 1")
+        gdb.checked("python import gdbext.gdb.kmemcheck as k; "
+                    "k.KMEMCHECK.engine.handle = lambda *a: 1 // 0")
+    out, status = clab.run("echo uninit32 > /sys/kernel/debug/kmemgdb_check && "
+                           "dmesg | grep 'kmemgdb_check: uninit32 ' | tail -1", timeout=120)
+    assert status == 0 and "done" in out, out
+    printed = clab.gdb.interrupt()       # with what gdb printed while the guest ran
+    try:
+        assert "kmemcheck: turned off after an internal error" in printed, printed
+        assert "ZeroDivisionError" in printed or "division" in printed, printed
+        no_python_errors(printed)
+        state = clab.gdb.checked("kmemcheck")
+        assert state.startswith("kmemcheck: off") and "hidden pages: 0" in state, state
+        assert clab.gdb.checked("kmem pte list").startswith("0 hidden page")
+        clab.gdb.checked("kmemcheck 1")      # a new engine: the injected fault is gone
+    finally:
+        clab.gdb.cont()
+    found, _ = run_case(clab, "uninit32")
+    assert len(found) == 1
+
+
+INTERRUPT_ONCE = """
+import gdbext.gdb.kmemcheck as k
+owner = {owner}
+real, calls = owner.{name}, []
+def once(*args):
+    calls.append(1)
+    if len(calls) == 1:
+        raise KeyboardInterrupt
+    return real(*args)
+owner.{name} = once
+"""
+
+
+@pytest.mark.parametrize("owner, name", [
+    ("k.KMEMCHECK.engine", "handle"),   # while deciding: nothing changed in the guest yet
+    ("k.target", "set_pc"),             # the last step of the guest changes: resumed
+])
+def test_ctrl_c_inside_the_fault_hook_finishes_the_access_then_stops(clab, owner, name):
+    """gdb turns a Ctrl-C that arrives while a hook runs into KeyboardInterrupt there. Injected
+    at two points of a tracked fault, the hook still completes the access, the guest stops as
+    asked, and it goes on correctly afterwards."""
+    with Stopped(clab) as gdb:
+        gdb.checked(f"python exec({INTERRUPT_ONCE.format(owner=owner, name=name)!r})")
+    before = len(reports(clab))
+    case = clab.guest.start_command("echo uninit32 > /sys/kernel/debug/kmemgdb_check")
+    stop = clab.gdb.wait_stop(timeout=60)
+    no_python_errors(stop)
+    assert "Ctrl-C inside the kmemcheck hook" in stop and "the guest stopped at" in stop, stop
+    clab.gdb.cont()
+    assert case.wait(60)[1] == 0
+    found = reports(clab)[before:]
+    assert [(r["kind"], r["size"]) for r in found] == [("uninitialized", 4)], found
+    with Stopped(clab) as gdb:
+        gdb.checked(f"python {owner}.{name} = real")
+
+
 def test_detach_turns_kmemcheck_off_and_shows_every_page(clab):
     from gdbext.core import paging
     from gdbext.core.memory import RamFileMemory

@@ -93,24 +93,21 @@ def _hidden_counter(lab, gdb) -> int:
 
 def _stop_at_fault(lab, location: str, address_register: str):
     """Hide the hello module's counter page, break at LOCATION for faults on it (the faulting
-    address in ADDRESS_REGISTER), poke the module and wait for the stop: (gdb, counter address)."""
+    address in ADDRESS_REGISTER), poke the module and wait for the stop:
+    (gdb, counter address, the poke's guest command)."""
     with Stopped(lab) as gdb:
         for line in PY_SETUP:
             gdb.checked(line)
         addr = _hidden_counter(lab, gdb)
         gdb.checked(f"break *{location} "
                     f"if ((unsigned long)${address_register} >> 12) == {addr >> 12:#x}")
-    _poke(lab)
+    poke = lab.guest.start_command("echo 1 > /sys/kernel/debug/kmemgdb_hello")
     assert location in lab.gdb.wait_stop(timeout=60)
-    return lab.gdb, addr
+    return lab.gdb, addr, poke
 
 
-def _poke(lab):
-    lab.guest.shell.send("echo 1 > /sys/kernel/debug/kmemgdb_hello; echo poke-$?-done\n")
-
-
-def _counter_advanced(lab):
-    lab.guest.shell.wait_for(r"poke-0-done", 30, alive=lab.guest.check)
+def _counter_advanced(lab, poke):
+    assert poke.wait(30)[1] == 0
     out, _ = lab.run("dmesg | grep 'kmemgdb_hello: counter'")
     assert "counter 2" in out
     lab.guest.check()      # no oops, no panic
@@ -129,7 +126,7 @@ def test_backtrace_from_the_page_fault_handler_reaches_the_faulting_function(lab
     try:
         # Called by exc_page_fault (do_kern_addr_fault, inlined) for kernel-address faults;
         # at its first instruction rsi is the faulting address.
-        g, addr = _stop_at_fault(lab, "spurious_kernel_fault", "rsi")
+        g, addr, poke = _stop_at_fault(lab, "spurious_kernel_fault", "rsi")
         try:
             _inspect_handler_stop(g)
         except BaseException:
@@ -143,7 +140,7 @@ def test_backtrace_from_the_page_fault_handler_reaches_the_faulting_function(lab
         out = g.checked("return 1")
         assert "exc_page_fault" in out or "do_kern_addr_fault" in out, out
         g.cont()
-        _counter_advanced(lab)
+        _counter_advanced(lab, poke)
     finally:
         lab.run("rmmod kmemgdb_hello")
 
@@ -201,7 +198,7 @@ def _inspect_handler_stop(g) -> None:
 def test_backtrace_at_the_entry_stub_uses_the_hardware_frame(lab):
     lab.run("insmod /modules/kmemgdb_hello.ko")
     try:
-        g, addr = _stop_at_fault(lab, "asm_exc_page_fault", "cr2")
+        g, addr, poke = _stop_at_fault(lab, "asm_exc_page_fault", "cr2")
         undo = [f"set ${reg} = *(long *)($rsp + {slot})"
                 for reg, slot in (("rip", 8), ("eflags", 24), ("rsp", 32))]
         try:
@@ -215,7 +212,7 @@ def test_backtrace_at_the_entry_stub_uses_the_hardware_frame(lab):
         for command in undo:
             g.checked(command)
         g.cont()
-        _counter_advanced(lab)
+        _counter_advanced(lab, poke)
     finally:
         lab.run("rmmod kmemgdb_hello")
 

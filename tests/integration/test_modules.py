@@ -9,7 +9,7 @@ def test_module_symbols_follow_load_and_unload(lab):
     with Stopped(lab) as gdb:
         out = gdb.checked("break kmemgdb_hello_poke")
         assert "Breakpoint" in out and "kmemgdb_hello.c" in out
-    lab.guest.shell.send("echo 1 > /sys/kernel/debug/kmemgdb_hello\n")
+    poke = lab.guest.start_command("echo 1 > /sys/kernel/debug/kmemgdb_hello")
     stop = lab.gdb.wait_stop(timeout=60)
     assert "kmemgdb_hello_poke" in stop
     bt = lab.gdb.checked("bt 4")
@@ -19,6 +19,7 @@ def test_module_symbols_follow_load_and_unload(lab):
     assert "kmemgdb_hello.c:" in frames
     lab.gdb.checked("delete")
     lab.gdb.cont()
+    assert poke.wait()[1] == 0
     _, status = lab.run("rmmod kmemgdb_hello")
     assert status == 0
     with Stopped(lab) as gdb:
