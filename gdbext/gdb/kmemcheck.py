@@ -29,6 +29,8 @@ from ..core.heap.context import PAGE_SIZE, STRUCT_PAGE_SIZE, GuestContext
 from ..core.heap.slub import SlabRef, read_cache, slab_at, slabs_of
 from ..core.heap.tracks import read_alloc_track
 from ..core.hidden import ThroughHidden
+from ..core.inflight import STACK_BYTES, FaultPath
+from ..core.memory import MemoryError_
 from ..core.kmemcheck import Engine, Finding, KmemcheckError, Options, Scope
 from ..core.kmemcheck_report import render_finding
 from ..core.render import Painter
@@ -45,6 +47,10 @@ TRACE = open(os.environ["KMEMGDB_KMEMCHECK_TRACE"], "w") if os.environ.get("KMEM
 TF = 1 << 8
 FAULT_REGISTERS = target.RawRegisters(("rsi", "rsp", "fs_base", "gs_base"))
 CALL_REGISTERS = target.RawRegisters(("rax", "rsi", "rdi", "rdx", "rsp"))
+# Steps allowed to bring a vCPU from inside the page-fault entry to the fault hook (about 100
+# instructions are needed; the bound keeps a wrong guess from stepping for long).
+MAX_DRAIN_STEPS = 1000
+FAULT_PATH_FUNCTIONS = ("asm_exc_page_fault", "error_entry", "exc_page_fault")
 GFP_ZERO = 0x100                     # ___GFP_ZERO (include/linux/gfp_types.h, 6.1)
 # Allocation entry points a module's code calls (6.1, include/linux/slab.h) and the register
 # holding their gfp_t argument; None: the object comes back initialized (kmemdup copies).
@@ -129,6 +135,8 @@ class Kmemcheck:
         self.last_engine: Engine | None = None
         self.hook_addresses: dict[int, int] = {}
         self._always_inserted = None
+        self.fault_path: FaultPath | None = None
+        self.faults_handled = 0
 
     # -- on / off ------------------------------------------------------------------------------
     def enable(self, mode: int) -> int:
@@ -158,6 +166,7 @@ class Kmemcheck:
 
     def disable(self) -> int:
         """Turn off: every page kmemcheck hid is shown again; the guest keeps running."""
+        self.drain_in_flight()
         shown = self._show_pages()
         for hook in self.hooks + self.dead_hooks + [h for hs in self.module_hooks.values() for h in hs]:
             if hook.is_valid():
@@ -178,6 +187,62 @@ class Kmemcheck:
             self.last_engine = self.engine
         self.engine = None
         return shown
+
+    def drain_in_flight(self) -> None:
+        """Before pages are shown at a stop (not inside a hook): a vCPU stopped between a fault
+        on a hidden page and the fault hook would take it to the kernel as a not-present fault,
+        which the kernel never calls spurious (an oops). Step such vCPUs through the hook."""
+        if self.engine is None or not self.pages or self.fault_path is None:
+            return
+        try:
+            selected = gdb.selected_thread()
+            threads = gdb.selected_inferior().threads()
+        except gdb.error:
+            return                        # no target (the guest exited)
+        locking = gdb.parameter("scheduler-locking")
+        gdb.execute("set scheduler-locking on", to_string=True)   # step only that vCPU
+        try:
+            for thread in threads:
+                thread.switch()
+                self._drain_vcpu()
+        finally:
+            gdb.execute(f"set scheduler-locking {locking}", to_string=True)
+            if selected is not None and selected.is_valid():
+                selected.switch()
+
+    def _drain_vcpu(self) -> None:
+        hook = self.hook_addresses.get(self.hooks[0].number) if self.hooks else None
+        for _ in range(MAX_DRAIN_STEPS):
+            if not self._fault_in_flight():
+                return
+            handled = self.faults_handled
+            gdb.execute("stepi", to_string=True)
+            if self.faults_handled != handled:
+                return                    # gdb ran the hook on the stepped-onto breakpoint
+            if target.register("rip") == hook:
+                self.on_fault()
+                return
+        gdb.write(f"kmemcheck: a vCPU stayed in the page-fault entry for {MAX_DRAIN_STEPS} steps\n")
+
+    def _fault_in_flight(self) -> bool:
+        """This vCPU's last fault hit a hidden page and it is on the way to the hook."""
+        cr2 = target.register("cr2")
+        if (cr2 & ~(PAGE_SIZE - 1)) not in self.pages:
+            return False
+        return self.fault_path.may_be_in_flight(target.register("rip"),
+                                                self._stack(target.register("rsp")))
+
+    def _stack(self, rsp: int) -> bytes:
+        """Up to STACK_BYTES at RSP, ending early at an unmapped page (the stack's top guard)."""
+        out = b""
+        while len(out) < STACK_BYTES:
+            addr = rsp + len(out)
+            n = min(STACK_BYTES - len(out), PAGE_SIZE - (addr & (PAGE_SIZE - 1)))
+            try:
+                out += self.engine.memory.read(addr, n)
+            except (paging.PagingError, MemoryError_):
+                break
+        return out
 
     def _show_pages(self) -> int:
         hidden = SESSION.hidden
@@ -216,6 +281,8 @@ class Kmemcheck:
         self.hooks.append(_Hook("spurious_kernel_fault", self.on_fault))
         self.hooks.append(_Hook("exc_debug", self.on_debug_trap))
         table = SESSION.symbolizer().kernel
+        self.fault_path = FaultPath(tuple((table.by_name[n].addr, table.by_name[n].addr + table.by_name[n].size)
+                                          for n in FAULT_PATH_FUNCTIONS if n in table.by_name))
         self.hook_addresses = {hook.number: table.by_name[name].addr for hook, name in
                                zip(self.hooks, ("spurious_kernel_fault", "exc_debug"))}
         self.hooks.append(_Hook("__free_slab", self.on_free_slab))
@@ -318,6 +385,7 @@ class Kmemcheck:
         Returns the pages hidden."""
         if self.engine is None:
             return 0
+        self.drain_in_flight()
         self._hook_scoped_modules()
         caches = self._tracked_caches(self.ctx)
         known = set()
@@ -364,6 +432,7 @@ class Kmemcheck:
         addr = registers["rsi"]           # spurious_kernel_fault(error_code, address)
         if not engine.tracked_page(addr):
             return False                 # not ours: the kernel handles it
+        self.faults_handled += 1
         try:
             findings = self._complete(addr, registers)
         except KeyboardInterrupt:

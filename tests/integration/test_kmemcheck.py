@@ -346,6 +346,33 @@ def test_ctrl_c_inside_the_fault_hook_finishes_the_access_then_stops(clab, owner
         gdb.checked(f"python {owner}.{name} = real")
 
 
+def test_off_while_a_fault_is_on_its_way_to_the_hook(clab):
+    """The guest stopped inside the page-fault entry for a fault on a hidden page: turning
+    kmemcheck off there must not hand the kernel a not-present fault on a now-present page
+    (an oops). kmemcheck steps the vCPU through its hook first."""
+    with Stopped(clab) as gdb:
+        gdb.checked("kmemcheck 1")
+        listing = gdb.checked("kmem pte list")
+        pages = [int(p, 16) >> 12 for p in re.findall(r"^\s+0x([0-9a-f]+)", listing, re.M)]
+        assert pages, listing
+        on_page = " || ".join(f"((unsigned long)$cr2 >> 12) == {p:#x}" for p in pages)
+        gdb.checked(f"break *asm_exc_page_fault if {on_page}")
+    before = len(reports(clab))
+    case = clab.guest.start_command("echo uninit32 > /sys/kernel/debug/kmemgdb_check")
+    try:
+        assert "asm_exc_page_fault" in clab.gdb.wait_stop(timeout=60)
+        clab.gdb.checked("delete")
+        out = clab.gdb.checked("kmemcheck 0")
+        assert "hidden page(s) shown again" in out, out
+        assert clab.gdb.checked("kmem pte list").startswith("0 hidden page")
+    finally:
+        clab.gdb.cont()
+    assert case.wait(60)[1] == 0          # no oops: check() inside wait() would say
+    assert len(reports(clab)) == before   # the allocator's access was the one in flight
+    with Stopped(clab) as gdb:
+        gdb.checked("kmemcheck 1")
+
+
 def test_detach_turns_kmemcheck_off_and_shows_every_page(clab):
     from gdbext.core import paging
     from gdbext.core.memory import RamFileMemory
