@@ -44,11 +44,12 @@ def kvm_usable(cpuinfo: str | None = None) -> bool:
 
 
 def qemu_argv(spec: GuestSpec, gdb_port: int, ram_path: str, paused: bool, kvm: bool,
-              shell_socket: str) -> list[str]:
+              shell_socket: str, qmp_socket: str) -> list[str]:
     """argv for QEMU: gdbstub on 127.0.0.1:GDB_PORT, RAM shared through RAM_PATH, the kernel
     console (ttyS0) on stdio and the guest shell's serial line (ttyS1) on the unix socket
     SHELL_SOCKET. Two lines because the kernel prints whenever it likes: on one line its
-    messages land in the middle of command output."""
+    messages land in the middle of command output. QMP on QMP_SOCKET, to pause the guest when
+    a Ctrl-C sent by the debugger was lost (see Guest.pause)."""
     mem = f"{spec.memory_mib}M"
     argv = [
         spec.qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -59,7 +60,7 @@ def qemu_argv(spec: GuestSpec, gdb_port: int, ram_path: str, paused: bool, kvm: 
         "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline(),
         "-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
         "-chardev", f"socket,id=sh0,path={shell_socket},server=on,wait=off", "-serial", "chardev:sh0",
-        "-monitor", "none",
+        "-monitor", "none", "-qmp", f"unix:{qmp_socket},server=on,wait=off",
         "-gdb", f"tcp:127.0.0.1:{gdb_port}",
     ]
     # ERMS makes the kernel's memcpy/memset/copy_*_user use `rep movsb/stosb` (TCG runs them

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import codecs
 import itertools
+import json
 import os
 import secrets
 import socket
@@ -68,6 +69,7 @@ class Guest:
         self.ram_path = str(SHM_DIR / name)
         # In the temp dir, not the workdir: a unix socket path has at most 107 bytes.
         self.shell_socket = os.path.join(tempfile.gettempdir(), name + ".shell")
+        self.qmp_socket = os.path.join(tempfile.gettempdir(), name + ".qmp")
         self.kvm = spec.accel == "kvm" or (spec.accel == "auto" and kvm_usable())
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -92,7 +94,7 @@ class Guest:
 
     def _start_once(self) -> bool:
         argv = qemu_argv(self.spec, self.port, self.ram_path, self.paused, self.kvm,
-                         self.shell_socket)
+                         self.shell_socket, self.qmp_socket)
         if os.environ.get("KMEMGDB_QEMU_DEBUG"):   # CPU resets (triple faults) and guest errors
             argv += ["-d", "cpu_reset,guest_errors", "-D", str(self.workdir / "qemu-debug.log")]
         self.argv = argv
@@ -132,7 +134,7 @@ class Guest:
             reader.join(5)
         if self._sock:
             self._sock.close()
-        for path in (self.ram_path, self.shell_socket):
+        for path in (self.ram_path, self.shell_socket, self.qmp_socket):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -188,6 +190,24 @@ class Guest:
         breakpoint before they end. wait() on the result as run() does."""
         assert self.shell is not None
         return GuestCommand(self, self.shell.start_command(command))
+
+    def pause(self, timeout: float = 10) -> None:
+        """Pause the guest through QMP. gdb then gets the stop it waits for as a SIGINT: QEMU's
+        gdbstub drops a Ctrl-C (0x03) that arrives while the guest is stopped at a breakpoint
+        gdb resumes silently, and gdb would wait for its answer forever."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as qmp:
+            qmp.settimeout(timeout)
+            qmp.connect(self.qmp_socket)
+            reader = qmp.makefile("r")
+            reader.readline()                                   # the greeting
+            for command in ("qmp_capabilities", "stop"):
+                qmp.sendall(json.dumps({"execute": command}).encode() + b"\n")
+                while True:                                     # skip events to the answer
+                    answer = json.loads(reader.readline())
+                    if "return" in answer or "error" in answer:
+                        break
+                if "error" in answer:
+                    raise GuestError(f"QMP {command}: {answer['error'].get('desc')}")
 
     def sync_console(self, timeout: float = 60) -> None:
         """Wait until the kernel console has caught up with the shell (the two lines are read

@@ -166,7 +166,7 @@ class Kmemcheck:
 
     def disable(self) -> int:
         """Turn off: every page kmemcheck hid is shown again; the guest keeps running."""
-        self.drain_in_flight()
+        self._drain_in_flight()
         shown = self._show_pages()
         for hook in self.hooks + self.dead_hooks + [h for hs in self.module_hooks.values() for h in hs]:
             if hook.is_valid():
@@ -188,7 +188,7 @@ class Kmemcheck:
         self.engine = None
         return shown
 
-    def drain_in_flight(self) -> None:
+    def _drain_in_flight(self) -> None:
         """Before pages are shown at a stop (not inside a hook): a vCPU stopped between a fault
         on a hidden page and the fault hook would take it to the kernel as a not-present fault,
         which the kernel never calls spurious (an oops). Step such vCPUs through the hook."""
@@ -196,32 +196,33 @@ class Kmemcheck:
             return
         try:
             selected = gdb.selected_thread()
-            threads = gdb.selected_inferior().threads()
-        except gdb.error:
-            return                        # no target (the guest exited)
-        locking = gdb.parameter("scheduler-locking")
-        gdb.execute("set scheduler-locking on", to_string=True)   # step only that vCPU
-        try:
-            for thread in threads:
+            for thread in gdb.selected_inferior().threads():
                 thread.switch()
-                self._drain_vcpu()
-        finally:
-            gdb.execute(f"set scheduler-locking {locking}", to_string=True)
+                if self._fault_in_flight():
+                    self._drain_vcpu()
             if selected is not None and selected.is_valid():
                 selected.switch()
+        except gdb.error as exc:          # no registers: the guest is gone or not stopped
+            gdb.write(f"kmemcheck: could not check the vCPUs for a fault in flight: {exc}\n")
 
     def _drain_vcpu(self) -> None:
+        """Step this vCPU, alone, until kmemcheck's fault hook has handled its fault."""
         hook = self.hook_addresses.get(self.hooks[0].number) if self.hooks else None
-        for _ in range(MAX_DRAIN_STEPS):
-            if not self._fault_in_flight():
-                return
-            handled = self.faults_handled
-            gdb.execute("stepi", to_string=True)
-            if self.faults_handled != handled:
-                return                    # gdb ran the hook on the stepped-onto breakpoint
-            if target.register("rip") == hook:
-                self.on_fault()
-                return
+        locking = gdb.parameter("scheduler-locking")
+        gdb.execute("set scheduler-locking on", to_string=True)
+        try:
+            for _ in range(MAX_DRAIN_STEPS):
+                handled = self.faults_handled
+                gdb.execute("stepi", to_string=True)
+                if self.faults_handled != handled:
+                    return                # gdb ran the hook on the stepped-onto breakpoint
+                if target.register("rip") == hook:
+                    self.on_fault()
+                    return
+                if not self._fault_in_flight():
+                    return
+        finally:
+            gdb.execute(f"set scheduler-locking {locking}", to_string=True)
         gdb.write(f"kmemcheck: a vCPU stayed in the page-fault entry for {MAX_DRAIN_STEPS} steps\n")
 
     def _fault_in_flight(self) -> bool:
@@ -281,8 +282,8 @@ class Kmemcheck:
         self.hooks.append(_Hook("spurious_kernel_fault", self.on_fault))
         self.hooks.append(_Hook("exc_debug", self.on_debug_trap))
         table = SESSION.symbolizer().kernel
-        self.fault_path = FaultPath(tuple((table.by_name[n].addr, table.by_name[n].addr + table.by_name[n].size)
-                                          for n in FAULT_PATH_FUNCTIONS if n in table.by_name))
+        path = [table.by_name[name] for name in FAULT_PATH_FUNCTIONS if name in table.by_name]
+        self.fault_path = FaultPath(tuple((sym.addr, sym.addr + sym.size) for sym in path))
         self.hook_addresses = {hook.number: table.by_name[name].addr for hook, name in
                                zip(self.hooks, ("spurious_kernel_fault", "exc_debug"))}
         self.hooks.append(_Hook("__free_slab", self.on_free_slab))
@@ -385,7 +386,7 @@ class Kmemcheck:
         Returns the pages hidden."""
         if self.engine is None:
             return 0
-        self.drain_in_flight()
+        self._drain_in_flight()
         self._hook_scoped_modules()
         caches = self._tracked_caches(self.ctx)
         known = set()

@@ -6,13 +6,14 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 import pexpect
 
 REPO = Path(__file__).resolve().parents[2]
 INIT_SCRIPT = REPO / "gdbext" / "init.py"
 PROMPT = "(kmemgdb) "
-RESEND_INTERRUPT_AFTER = 15.0     # seconds without a prompt before Ctrl-C is sent again
+NUDGE_AFTER = 5.0     # seconds without a prompt after a Ctrl-C before the guest is paused
 
 
 class GdbError(Exception):
@@ -32,6 +33,7 @@ class GdbSession:
                 "-iex", "set height 0", "-iex", f"set prompt {PROMPT}", str(vmlinux)]
         self.timeout = timeout
         self.port = 0
+        self.pause_guest: Callable[[], None] | None = None   # see interrupt()
         self._log = open(log_path, "w") if log_path else None
         self.proc = pexpect.spawn("gdb", argv, env=env, encoding="utf-8", codec_errors="replace",
                                   timeout=timeout, echo=False, dimensions=(1000, 1000))
@@ -84,31 +86,37 @@ class GdbSession:
     def interrupt(self, timeout: float | None = None) -> str:
         """Stop the running guest (Ctrl-C at the gdb terminal) and wait for the prompt.
 
-        A Ctrl-C that lands while gdb is still resuming the target is swallowed, so it is
-        repeated; but not quickly: a second Ctrl-C while QEMU is still answering the first
-        makes gdb give up on the target ("Disconnected from target")."""
+        A Ctrl-C can get lost: gdb swallows one that lands while it is still resuming the
+        target, and QEMU drops the 0x03 that gdb sends while the guest sits at a breakpoint
+        that gdb then resumes silently (a kmemgdb hook). Sending Ctrl-C again would not help:
+        gdb takes a second one while the first is unanswered as "give up on the target"
+        ("Disconnected from target"). So the guest is paused through QEMU (pause_guest,
+        set by whoever started it), which gdb reports as the SIGINT stop it waits for."""
         deadline = time.monotonic() + (timeout or self.timeout)
+        self.proc.sendintr()
+        nudged = time.monotonic()
         while True:
+            try:
+                self.proc.expect_exact(PROMPT, timeout=min(2, max(deadline - time.monotonic(), 0.1)))
+                out = self.proc.before.replace("\r", "")
+                if "Disconnected from target" in out and self.port:
+                    out += self.connect(self.port)    # gdb let go of the guest: attach again
+                return out
+            except pexpect.TIMEOUT:
+                if time.monotonic() >= deadline:
+                    raise GdbError("gdb did not stop the guest; last output:\n"
+                                   f"{self.proc.before[-2000:]}") from None
+                if time.monotonic() - nudged >= NUDGE_AFTER:
+                    self._nudge()
+                    nudged = time.monotonic()
+            except pexpect.EOF:
+                raise GdbError(f"gdb exited; last output:\n{self.proc.before[-2000:]}") from None
+
+    def _nudge(self) -> None:
+        if self.pause_guest is None:
             self.proc.sendintr()
-            sent = time.monotonic()
-            while True:
-                try:
-                    self.proc.expect_exact(PROMPT, timeout=min(2, max(deadline - time.monotonic(), 0.1)))
-                    out = self.proc.before.replace("\r", "")
-                    if "Disconnected from target" in out and self.port:
-                        # gdb took this Ctrl-C for a second one (its remote interrupt state
-                        # survived a stop that raced with the previous one) and let go of the
-                        # guest, which runs on: attaching again stops it.
-                        out += self.connect(self.port)
-                    return out
-                except pexpect.TIMEOUT:
-                    if time.monotonic() >= deadline:
-                        raise GdbError("gdb did not stop the guest; last output:\n"
-                                       f"{self.proc.before[-2000:]}") from None
-                    if time.monotonic() - sent >= RESEND_INTERRUPT_AFTER:
-                        break
-                except pexpect.EOF:
-                    raise GdbError(f"gdb exited; last output:\n{self.proc.before[-2000:]}") from None
+        else:
+            self.pause_guest()
 
     def wait_stop(self, timeout: float | None = None) -> str:
         """Wait for the running guest to stop by itself (a breakpoint) and return gdb's output."""

@@ -51,6 +51,7 @@ def booted(options: LabOptions, workdir: Path) -> Iterator[Lab]:
     with Guest(spec, workdir, paused=True) as guest:
         with GdbSession(kernel.vmlinux, guest.ram_path, module_dirs,
                         log_path=workdir / "gdb.log") as gdb:
+            gdb.pause_guest = guest.pause
             gdb.connect(guest.port)   # the prompt after it installs the module hooks
             gdb.cont()
             guest.wait_ready(options.boot_timeout)

@@ -26,6 +26,14 @@ def test_kernel_messages_stay_out_of_shell_output(lab):
     assert "kernel-says-hi" in lab.guest.console.text[since:]   # already there on return
 
 
+def test_pausing_through_qemu_is_the_stop_gdb_waits_for(lab):
+    """The driver's answer to a lost Ctrl-C: gdb reports a QMP pause as SIGINT."""
+    lab.guest.pause()
+    assert "SIGINT" in lab.gdb.wait_stop(timeout=30)
+    lab.gdb.cont()
+    assert lab.run("echo alive") == ("alive\n", 0)
+
+
 def test_info_lists_modules_like_lsmod(lab):
     lab.run("insmod /modules/kmemgdb_hello.ko")
     try:

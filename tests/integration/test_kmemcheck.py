@@ -50,6 +50,12 @@ def run_case(lab, case: str) -> tuple[list[dict], str]:
     return reports(lab)[before:], out
 
 
+def hidden_pages(gdb) -> list[int]:
+    """The pages `kmem pte list` says are hidden."""
+    listing = gdb.checked("kmem pte list")
+    return [int(p, 16) for p in re.findall(r"^\s+0x([0-9a-f]+)", listing, re.M)]
+
+
 def address(line: str, name: str) -> int:
     return int(re.search(rf"{name} ([0-9a-f]+)", line).group(1), 16)
 
@@ -266,8 +272,7 @@ def test_off_shows_every_page_and_the_guest_runs_on(clab):
     from gdbext.core import paging
     from gdbext.core.memory import RamFileMemory
     with Stopped(clab) as gdb:
-        listing = gdb.checked("kmem pte list")
-        pages = [int(p, 16) for p in re.findall(r"^\s+0x([0-9a-f]+)", listing, re.M)]
+        pages = hidden_pages(gdb)
         cr3 = int(gdb.checked("p/x (unsigned long)$cr3").split("=")[1], 16)
         assert pages
         out = gdb.checked("kmemcheck 0")
@@ -352,10 +357,9 @@ def test_off_while_a_fault_is_on_its_way_to_the_hook(clab):
     (an oops). kmemcheck steps the vCPU through its hook first."""
     with Stopped(clab) as gdb:
         gdb.checked("kmemcheck 1")
-        listing = gdb.checked("kmem pte list")
-        pages = [int(p, 16) >> 12 for p in re.findall(r"^\s+0x([0-9a-f]+)", listing, re.M)]
-        assert pages, listing
-        on_page = " || ".join(f"((unsigned long)$cr2 >> 12) == {p:#x}" for p in pages)
+        pages = hidden_pages(gdb)
+        assert pages
+        on_page = " || ".join(f"((unsigned long)$cr2 >> 12) == {p >> 12:#x}" for p in pages)
         gdb.checked(f"break *asm_exc_page_fault if {on_page}")
     before = len(reports(clab))
     case = clab.guest.start_command("echo uninit32 > /sys/kernel/debug/kmemgdb_check")
@@ -378,8 +382,7 @@ def test_detach_turns_kmemcheck_off_and_shows_every_page(clab):
     from gdbext.core.memory import RamFileMemory
     with Stopped(clab) as gdb:
         assert "page(s) hidden" in gdb.checked("kmemcheck 1")
-        listing = gdb.checked("kmem pte list")
-        pages = [int(p, 16) for p in re.findall(r"^\s+0x([0-9a-f]+)", listing, re.M)]
+        pages = hidden_pages(gdb)
         cr3 = int(gdb.checked("p/x (unsigned long)$cr3").split("=")[1], 16)
         out = gdb.checked("detach")
         assert "kmemcheck: off" in out and f"{len(pages)} hidden page(s) shown again" in out

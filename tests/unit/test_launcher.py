@@ -10,10 +10,13 @@ from qemu.console import Console, ConsoleError
 
 def test_argv_shares_ram_and_opens_gdbstub():
     spec = GuestSpec(Path("/k/bzImage"), Path("/k/initrd"), memory_mib=512, smp=2, append=["x=1"])
-    argv = qemu_argv(spec, 4321, "/dev/shm/ram", paused=True, kvm=False, shell_socket="/tmp/s")
+    argv = qemu_argv(spec, 4321, "/dev/shm/ram", paused=True, kvm=False,
+                     shell_socket="/tmp/s", qmp_socket="/tmp/q")
     joined = " ".join(argv)
     assert "memory-backend-file,id=ram0,size=512M,mem-path=/dev/shm/ram,share=on" in joined
     assert "-gdb tcp:127.0.0.1:4321" in joined and "-S" in argv
+    assert "socket,id=sh0,path=/tmp/s,server=on,wait=off" in joined
+    assert "-qmp unix:/tmp/q,server=on,wait=off" in joined
     assert argv[argv.index("-accel") + 1] == "tcg" and argv[argv.index("-smp") + 1] == "2"
     assert argv[argv.index("-append") + 1] == "console=ttyS0 nokaslr panic=-1 no_hash_pointers i8042.noaux x=1"
 
