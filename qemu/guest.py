@@ -195,19 +195,22 @@ class Guest:
         """Pause the guest through QMP. gdb then gets the stop it waits for as a SIGINT: QEMU's
         gdbstub drops a Ctrl-C (0x03) that arrives while the guest is stopped at a breakpoint
         gdb resumes silently, and gdb would wait for its answer forever."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as qmp:
-            qmp.settimeout(timeout)
-            qmp.connect(self.qmp_socket)
-            reader = qmp.makefile("r")
-            reader.readline()                                   # the greeting
-            for command in ("qmp_capabilities", "stop"):
-                qmp.sendall(json.dumps({"execute": command}).encode() + b"\n")
-                while True:                                     # skip events to the answer
-                    answer = json.loads(reader.readline())
-                    if "return" in answer or "error" in answer:
-                        break
-                if "error" in answer:
-                    raise GuestError(f"QMP {command}: {answer['error'].get('desc')}")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as qmp:
+                qmp.settimeout(timeout)
+                qmp.connect(self.qmp_socket)
+                reader = qmp.makefile("r")
+                reader.readline()                               # the greeting
+                for command in ("qmp_capabilities", "stop"):
+                    qmp.sendall(json.dumps({"execute": command}).encode() + b"\n")
+                    while True:                                 # skip events to the answer
+                        answer = json.loads(reader.readline())
+                        if "return" in answer or "error" in answer:
+                            break
+                    if "error" in answer:
+                        raise GuestError(f"QMP {command}: {answer['error'].get('desc')}")
+        except (OSError, ValueError) as exc:                    # QEMU gone, or not QMP
+            raise GuestError(f"could not pause the guest through QMP: {exc}") from exc
 
     def sync_console(self, timeout: float = 60) -> None:
         """Wait until the kernel console has caught up with the shell (the two lines are read

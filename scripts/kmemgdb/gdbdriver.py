@@ -113,10 +113,13 @@ class GdbSession:
                 raise GdbError(f"gdb exited; last output:\n{self.proc.before[-2000:]}") from None
 
     def _nudge(self) -> None:
-        if self.pause_guest is None:
-            self.proc.sendintr()
-        else:
-            self.pause_guest()
+        try:
+            if self.pause_guest is not None:
+                self.pause_guest()
+                return
+        except Exception:       # QEMU gone: a second Ctrl-C at least makes gdb notice
+            pass
+        self.proc.sendintr()
 
     def wait_stop(self, timeout: float | None = None) -> str:
         """Wait for the running guest to stop by itself (a breakpoint) and return gdb's output."""
