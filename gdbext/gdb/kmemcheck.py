@@ -194,16 +194,17 @@ class Kmemcheck:
         which the kernel never calls spurious (an oops). Step such vCPUs through the hook."""
         if self.engine is None or not self.pages or self.fault_path is None:
             return
+        selected = gdb.selected_thread()
         try:
-            selected = gdb.selected_thread()
             for thread in gdb.selected_inferior().threads():
                 thread.switch()
                 if self._fault_in_flight():
                     self._drain_vcpu()
-            if selected is not None and selected.is_valid():
-                selected.switch()
         except gdb.error as exc:          # no registers: the guest is gone or not stopped
             gdb.write(f"kmemcheck: could not check the vCPUs for a fault in flight: {exc}\n")
+        finally:
+            if selected is not None and selected.is_valid():
+                selected.switch()
 
     def _drain_vcpu(self) -> None:
         """Step this vCPU, alone, until kmemcheck's fault hook has handled its fault."""
