@@ -10,6 +10,8 @@ from typing import Callable
 
 import pexpect
 
+from qemu.guest import GuestError
+
 REPO = Path(__file__).resolve().parents[2]
 INIT_SCRIPT = REPO / "gdbext" / "init.py"
 PROMPT = "(kmemgdb) "
@@ -33,7 +35,7 @@ class GdbSession:
                 "-iex", "set height 0", "-iex", f"set prompt {PROMPT}", str(vmlinux)]
         self.timeout = timeout
         self.port = 0
-        self.pause_guest: Callable[[], None] | None = None   # see interrupt()
+        self.pause_guest: Callable[[], None] | None = None   # raises GuestError; see interrupt()
         self._log = open(log_path, "w") if log_path else None
         self.proc = pexpect.spawn("gdb", argv, env=env, encoding="utf-8", codec_errors="replace",
                                   timeout=timeout, echo=False, dimensions=(1000, 1000))
@@ -117,7 +119,7 @@ class GdbSession:
             if self.pause_guest is not None:
                 self.pause_guest()
                 return
-        except Exception:       # QEMU gone: a second Ctrl-C at least makes gdb notice
+        except GuestError:      # QEMU gone: a second Ctrl-C at least makes gdb notice
             pass
         self.proc.sendintr()
 
