@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from .argv import GuestSpec, kvm_usable, qemu_argv
 from .console import Console, Pending
@@ -180,10 +181,12 @@ class Guest:
         assert self.shell is not None
         self.shell.wait_for(r"kmemgdb-guest-ready", timeout, alive=self.check)
 
-    def run(self, command: str, timeout: float = 60) -> tuple[str, int]:
+    def run(self, command: str, timeout: float = 60,
+            watch: Callable[[], None] | None = None) -> tuple[str, int]:
         """Run COMMAND in the guest shell; return (output, exit status). On return the kernel
-        console holds everything the kernel printed before the command ended."""
-        return self.start_command(command).wait(timeout)
+        console holds everything the kernel printed before the command ended. WATCH is called
+        while waiting and may raise to give up (the debugger side saw something go wrong)."""
+        return self.start_command(command).wait(timeout, watch)
 
     def start_command(self, command: str) -> "GuestCommand":
         """Type COMMAND into the guest shell and return at once: for commands that stop at a
@@ -257,8 +260,12 @@ class GuestCommand:
     def __init__(self, guest: Guest, pending: Pending):
         self.guest, self.pending = guest, pending
 
-    def wait(self, timeout: float = 60) -> tuple[str, int]:
-        result = self.pending.wait(timeout, alive=self.guest.check)
+    def wait(self, timeout: float = 60, watch: Callable[[], None] | None = None) -> tuple[str, int]:
+        def alive() -> None:
+            self.guest.check()
+            if watch is not None:
+                watch()
+        result = self.pending.wait(timeout, alive=alive)
         self.guest.sync_console(timeout)
         self.guest.check()  # a command that crashed the kernel still lets its shell print the marker
         return result

@@ -34,7 +34,7 @@ from capstone import x86 as X
 
 __all__ = ["Unsupported", "Memory", "MemOp", "Effect", "emulate", "alu_add", "alu_sub",
            "alu_logic", "alu_inc", "alu_dec", "alu_neg", "condition", "merge_flags", "parity",
-           "CF", "PF", "AF", "ZF", "SF", "DF", "OF", "STATUS_FLAGS"]
+           "CF", "PF", "AF", "ZF", "SF", "DF", "OF", "STATUS_FLAGS", "Facts", "facts"]
 
 MASK64 = (1 << 64) - 1
 MASK32 = 0xFFFFFFFF
@@ -910,10 +910,22 @@ def _build(insn, rep: int, lock: bool, kind: str | None, text: str) -> Run:
 
 
 class _Plan:
-    __slots__ = ("length", "text", "run", "error")
+    __slots__ = ("length", "text", "run", "error", "mnemonic", "rep", "string")
 
-    def __init__(self, length: int, text: str, run: Run | None, error: str | None) -> None:
+    def __init__(self, length: int, text: str, run: Run | None, error: str | None,
+                 mnemonic: str = "", rep: int = 0, string: str | None = None) -> None:
         self.length, self.text, self.run, self.error = length, text, run, error
+        self.mnemonic, self.rep, self.string = mnemonic, rep, string
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What an instruction is, for callers that check its result (verify mode)."""
+    length: int
+    text: str
+    mnemonic: str          # capstone's name: "mov", "bts", "movsb", ...
+    rep: int               # 0, 0xF3 (rep/repe) or 0xF2 (repne) on a string instruction
+    string: str | None     # movs | stos | lods | cmps | scas, or None
 
 
 _cs = Cs(CS_ARCH_X86, CS_MODE_64)
@@ -933,17 +945,15 @@ def _compile(code: bytes) -> _Plan:
     rep, lock, kind = _prefixes(code, insn.size)
     if kind is not None and rep and not insn.mnemonic.startswith("rep"):
         text = "rep " + text                     # capstone hides f2 on movs/stos/lods
+    name = _cs.insn_name(insn.id)
     try:
         run = _build(insn, rep, lock, kind, text)
     except Unsupported as exc:
-        return _Plan(insn.size, text, None, str(exc))
-    return _Plan(insn.size, text, run, None)
+        return _Plan(insn.size, text, None, str(exc), name, rep, kind)
+    return _Plan(insn.size, text, run, None, name, rep if kind else 0, kind)
 
 
-def emulate(code: bytes, regs: dict[str, int], mem: Memory) -> Effect:
-    """Perform the instruction at the start of CODE with REGS on MEM, as an x86-64 CPU in
-    64-bit kernel mode would. Raises Unsupported (before touching memory or registers, except
-    for run-time conditions such as a misaligned cmpxchg16b) when it cannot."""
+def _plan(code: bytes) -> _Plan:
     if type(code) is not bytes:
         code = bytes(code)
     plan = _cache.get(code)
@@ -951,6 +961,21 @@ def emulate(code: bytes, regs: dict[str, int], mem: Memory) -> Effect:
         if len(_cache) >= _CACHE_LIMIT:
             _cache.clear()
         plan = _cache[code] = _compile(code)
+    return plan
+
+
+def facts(code: bytes) -> Facts:
+    """Length, text and kind of the instruction at the start of CODE (from the same cache as
+    emulate())."""
+    plan = _plan(code)
+    return Facts(plan.length, plan.text, plan.mnemonic, plan.rep, plan.string)
+
+
+def emulate(code: bytes, regs: dict[str, int], mem: Memory) -> Effect:
+    """Perform the instruction at the start of CODE with REGS on MEM, as an x86-64 CPU in
+    64-bit kernel mode would. Raises Unsupported (before touching memory or registers, except
+    for run-time conditions such as a misaligned cmpxchg16b) when it cannot."""
+    plan = _plan(code)
     if plan.error is not None:
         raise Unsupported(plan.error)
     new = dict(regs)

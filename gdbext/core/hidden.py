@@ -17,7 +17,7 @@ from .vmem import VirtualMemory
 class HiddenPage:
     vaddr: int          # page-aligned virtual address
     pte_paddr: int      # where the PTE lives in guest physical memory
-    hidden_value: int   # the PTE as kmemgdb wrote it (present bit clear)
+    hidden_value: int   # the PTE as kmemgdb wrote it (not present, frame inverted as Linux does)
 
 
 class HiddenPages:
@@ -35,11 +35,13 @@ class HiddenPages:
         return (vaddr & ~(paging.PAGE_SIZE - 1)) in self.pages
 
     def hide(self, cr3: int, vaddr: int, flush: bool = True) -> paging.Entry:
-        """Clear the present bit of the PTE mapping VADDR (LargePage/NotMapped if impossible)."""
+        """Clear the present bit of the PTE mapping VADDR (LargePage/NotMapped if impossible).
+        A page recorded as hidden whose PTE the guest has rewritten since is hidden anew."""
         page = vaddr & ~(paging.PAGE_SIZE - 1)
         pte = paging.find_pte(self.mem, cr3, page)
-        if page in self.pages:
+        if self.owns(page):
             return pte
+        self.pages.pop(page, None)
         if not pte.present:
             raise paging.NotMapped(vaddr, pte)
         written = paging.set_present(self.mem, pte, False)
@@ -72,10 +74,31 @@ class HiddenPages:
         if current == page.hidden_value:
             paging.set_present(self.mem, paging.Entry(1, page.pte_paddr, current), True)
 
-    def frame(self, vaddr: int) -> int | None:
-        """Physical address of the hidden page holding VADDR (None if kmemgdb did not hide it)."""
+    def owns(self, vaddr: int) -> bool:
+        """Whether the page of VADDR is hidden by kmemgdb and still as kmemgdb left it: the
+        guest rewrites a PTE when it frees or remaps the page (vfree, debug_pagealloc)."""
         page = self.pages.get(vaddr & ~(paging.PAGE_SIZE - 1))
-        return None if page is None else page.hidden_value & paging.ADDR_MASK
+        return page is not None and read_u64(self.mem, page.pte_paddr) == page.hidden_value
+
+    def readopt(self, vaddr: int) -> bool:
+        """The guest rewrote the PTE of a page kmemgdb hid but kept it not present and mapping
+        the same frame (it changed only flags): kmemgdb's again, as now written."""
+        page = self.pages.get(vaddr & ~(paging.PAGE_SIZE - 1))
+        if page is None:
+            return False
+        now = read_u64(self.mem, page.pte_paddr)
+        if now & paging.P or (now ^ page.hidden_value) & paging.ADDR_MASK:
+            return False        # present again, or another frame: the guest's now
+        page.hidden_value = now
+        return True
+
+    def frame(self, vaddr: int) -> int | None:
+        """Physical address of the hidden page holding VADDR (None if kmemgdb did not hide it,
+        or the guest has remapped it since)."""
+        page = self.pages.get(vaddr & ~(paging.PAGE_SIZE - 1))
+        if page is None or read_u64(self.mem, page.pte_paddr) != page.hidden_value:
+            return None
+        return paging.present_again(page.hidden_value) & paging.ADDR_MASK
 
     def forget(self, vaddr: int) -> None:
         """Drop a page the guest has taken back (freed, remapped): it is no longer ours to show."""
@@ -84,21 +107,16 @@ class HiddenPages:
 
 class ThroughHidden:
     """Guest virtual memory as the host sees it, hidden pages included: what kmemcheck emulates
-    instructions against. Direct-map addresses translate without a walk."""
+    instructions against (VMEM translates the direct map by arithmetic)."""
 
-    def __init__(self, vmem: VirtualMemory, hidden: HiddenPages, page_offset: int, ram_size: int):
+    def __init__(self, vmem: VirtualMemory, hidden: HiddenPages):
         self.vmem = vmem
         self.hidden = hidden
-        self.page_offset = page_offset
-        self.ram_size = ram_size
 
     def to_phys(self, vaddr: int) -> int:
         frame = self.hidden.frame(vaddr)
         if frame is not None:
             return frame + (vaddr & (paging.PAGE_SIZE - 1))
-        off = vaddr - self.page_offset
-        if 0 <= off < self.ram_size:
-            return off
         return self.vmem.to_phys(vaddr)
 
     def _spans(self, vaddr: int, size: int):

@@ -40,6 +40,7 @@ class KernelLayout:
     lookup_symbol: Callable[[str], int | None] | None = None
     constants: dict[str, int] = field(default_factory=dict)   # enum values (PG_slab, ...)
     lookup_constant: Callable[[str], int] | None = None
+    lookup_size: Callable[[str], int] | None = None          # fills SIZES (struct names)
 
     def sym(self, name: str) -> int:
         return self._get(self.symbols, self.lookup_symbol, name, "symbol")
@@ -49,6 +50,10 @@ class KernelLayout:
 
     def off(self, path: str) -> int:
         return self._get(self.offsets, self.lookup_offset, path, "member")
+
+    def size(self, struct: str) -> int:
+        """sizeof(struct STRUCT)."""
+        return self._get(self.sizes, self.lookup_size, struct, "struct")
 
     def has_sym(self, name: str) -> bool:
         return self._has(self.sym, name)
@@ -131,15 +136,44 @@ def read_bases(mem: VirtualMemory, layout: KernelLayout) -> dict[str, tuple[int,
     return out
 
 
+def module_info(mem: VirtualMemory, layout: KernelLayout, mod: int) -> ModuleInfo:
+    """struct module * MOD (6.1: core_layout holds text, rodata and data)."""
+    return ModuleInfo(mem.cstr(mod + layout.off("module.name"), 56), mod,
+                      mem.u64(mod + layout.off("module.core_layout.base")),
+                      mem.u32(mod + layout.off("module.core_layout.size")))
+
+
+def module_ranges(mem: VirtualMemory, layout: KernelLayout, mod: int) -> list[tuple[int, int]]:
+    """[start, end) of the core and init areas of struct module * MOD (6.1 layouts)."""
+    out = []
+    for part in ("core_layout", "init_layout"):
+        base = mem.u64(mod + layout.off(f"module.{part}.base"))
+        out.append((base, base + mem.u32(mod + layout.off(f"module.{part}.size"))))
+    return out
+
+
+def module_sections(mem: VirtualMemory, layout: KernelLayout, mod: int) -> dict[str, int]:
+    """Section name -> load address of struct module * MOD, from mod->sect_attrs
+    (CONFIG_KALLSYMS + SYSFS). Read from guest memory, not through the debugger: sect_attrs
+    is a heap object, and kmemcheck may have hidden its page."""
+    attrs = mem.u64(mod + layout.off("module.sect_attrs"))
+    if not attrs:
+        return {}
+    count = mem.u32(attrs + layout.off("module_sect_attrs.nsections"))
+    first = attrs + layout.off("module_sect_attrs.attrs")
+    stride = layout.size("module_sect_attr")
+    name_at, addr_at = layout.off("module_sect_attr.battr.attr.name"), layout.off("module_sect_attr.address")
+    out = {}
+    for i in range(count):
+        attr = first + i * stride
+        out[mem.cstr(mem.u64(attr + name_at), 64)] = mem.u64(attr + addr_at)
+    return out
+
+
 def list_modules(mem: VirtualMemory, layout: KernelLayout) -> list[ModuleInfo]:
     """Loaded modules, newest first (struct module on the static list 'modules')."""
-    mods = []
-    for mod in container_entries(mem, layout, "modules", "module.list"):
-        name = mem.cstr(mod + layout.off("module.name"), 56)
-        base = mem.u64(mod + layout.off("module.core_layout.base"))
-        size = mem.u32(mod + layout.off("module.core_layout.size"))
-        mods.append(ModuleInfo(name, mod, base, size))
-    return mods
+    return [module_info(mem, layout, mod)
+            for mod in container_entries(mem, layout, "modules", "module.list")]
 
 
 def count_slab_caches(mem: VirtualMemory, layout: KernelLayout) -> int:

@@ -1,16 +1,11 @@
 """Host-side kmemcheck: the decisions taken at each tracked access, on plain values.
 
-The glue hides the pages of tracked slab objects; every guest access to them faults, and the
-fault arrives here as the faulting context's registers and instruction bytes. The engine
-completes the instruction (emulate.py), then checks and updates the byte shadow the way
+The glue hides the pages of tracked objects; every guest access to them faults, and the fault
+arrives here as the faulting context's registers and instruction bytes. The engine completes
+the instruction (emulate.py), then checks and updates the byte shadow the way
 arch/x86/mm/kmemcheck (Linux 2.6.31-4.14) did: reads of uninitialized bytes and any access to
-freed or unallocated bytes are findings; writes initialize.
-
-Object lifetimes come from the allocator's own behaviour instead of a stop per kmalloc/kfree:
-SLUB touches an object's free pointer exactly when it frees the object or hands it out, and that
-touch faults like any other access. So an allocator access to the free-pointer word marks the
-object freed; the next access by anyone else finds it either still on a freelist (a use after
-free) or allocated again (a new lifetime: uninitialized, or initialized for constructor caches).
+freed or unallocated bytes are findings; writes initialize. What is tracked and how objects
+live and die is lifetimes.py; a module's pending allocation calls are allocsites.py.
 """
 from __future__ import annotations
 
@@ -19,17 +14,18 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import emulate
+from .allocsites import REALLOC, PendingCall, PendingCalls, Stash, carried_states
 from .decode import DecodeError, decode
 from .heap.context import PAGE_SIZE, GuestContext
 from .heap.model import CacheInfo
-from .heap.slub import FreelistError, SlabRef, free_indices
+from .heap.slub import SlabRef
 from .hidden import ThroughHidden
+from .lifetimes import SLAB, Lifetimes, Origin, Region, TrackedObject
 from .shadow import FREED, INITIALIZED, STATE_NAMES, UNALLOCATED, UNINITIALIZED, Shadow
 
 # The page-fault path itself reads these (current->mm in exc_page_fault, the allocator's own
 # cache structures): tracking them would fault inside the fault handler.
 NEVER_TRACKED = frozenset({"task_struct", "kmem_cache", "kmem_cache_node"})
-SLAB_TYPESAFE_BY_RCU = 0x00080000       # include/linux/slab.h (6.1): freed objects stay readable
 
 
 ELEMENT_SIZES = {"b": 1, "w": 2, "d": 4, "q": 8}
@@ -82,35 +78,23 @@ class Options:
     one_shot: bool = False         # `kmemcheck 2`: turn off after the first report
 
 
-@dataclass
-class Origin:
-    """An allocation whose uninitialized bytes may be read later, maybe after a copy."""
-    id: int
-    object: int
-    size: int
-    cache: str
-    alloc_pcs: list[int] = field(default_factory=list)   # allocation backtrace (SLUB tracking)
-
-
-@dataclass
-class TrackedObject:
-    start: int
-    size: int
-    cache: CacheInfo
-    alive: bool
-    origin: int = 0
-    scoped: bool = True        # findings on it are reported (its cache or its allocator is tracked)
+    verify: bool = False           # also run host-completed instructions natively and compare
 
 
 @dataclass
 class ObjectRef:
     start: int
     size: int
-    cache: str
+    cache: str                     # the cache's name as its creator gave it; or vmalloc, ...
+    kind: str = SLAB
+    merged_into: str | None = None  # the cache SLUB merged it into, when not its own
 
     @property
-    def offset_text(self) -> str:
-        return f"{self.size}-byte object {self.start:#x} ({self.cache})"
+    def source(self) -> str:
+        if self.kind != SLAB:
+            return "vmalloc area" if self.kind == "vmalloc" else "large kmalloc (pages)"
+        merged = f" (merged into {self.merged_into})" if self.merged_into else ""
+        return f"cache {self.cache}{merged}"
 
 
 @dataclass
@@ -150,6 +134,9 @@ class Stats:
     findings: int = 0
     lost: int = 0              # findings beyond the report limit
     suppressed: int = 0
+    verified: int = 0          # host results compared with the guest's own (verify mode)
+    mismatches: int = 0        # ... that differed: internal errors
+    released: int = 0          # regions shown again once nothing of the scope pinned them
 
 
 @dataclass
@@ -158,6 +145,9 @@ class FaultOutcome:
     findings: list[Finding]
     turn_off: bool = False          # one-shot mode fired
     writes: list[tuple[int, bytes]] = field(default_factory=list)   # guest memory to write
+    release: list[int] = field(default_factory=list)   # pages to show once it completed
+    touched: list[int] = field(default_factory=list)   # tracked pages the instruction accesses
+    text: str = ""
 
 
 class _StagedMemory:
@@ -189,87 +179,98 @@ class _StagedMemory:
 
 
 class Engine:
-    """Tracked slabs, object lifetimes, the shadow, and the per-fault decisions.
+    """The shadow, what is tracked (heap), the pending allocation calls of module scope
+    (calls), and the per-fault decisions.
 
     CTX reads guest memory; MEMORY reaches hidden pages too; IS_ALLOCATOR(pc) says whether code
     at pc belongs to the slab allocator; KEEP(finding) is the glue's filter (suppressions,
-    bitfield-ok), called only for findings."""
+    bitfield-ok), called only for findings; THREAD_SIZE tells task stacks apart;
+    FUNCTION_AT(pc) is the start of the function holding pc (0 unknown), which tells a cache
+    constructor's writes from the object's use."""
 
     def __init__(self, ctx: GuestContext, memory: ThroughHidden, options: Options,
                  is_allocator: Callable[[int], bool],
                  keep: Callable[[Finding], bool] = lambda f: True,
                  read_track: Callable[[CacheInfo, int], list[int]] = lambda c, a: [],
-                 in_scope: Callable[[CacheInfo], bool] = lambda c: True):
+                 in_scope: Callable[[CacheInfo], bool] = lambda c: True,
+                 thread_size: int = 16384,
+                 function_at: Callable[[int], int] = lambda pc: 0):
         self.ctx = ctx
         self.memory = memory
         self.options = options
         self.is_allocator = is_allocator
         self.keep = keep
-        self.read_track = read_track
-        self.in_scope = in_scope
         self.shadow = Shadow(PAGE_SIZE)
-        self.slabs: dict[int, tuple[SlabRef, CacheInfo]] = {}     # page -> its slab
-        self.objects: dict[int, TrackedObject] = {}               # object start -> lifetime
-        self.origins: dict[int, Origin] = {}
+        self.heap = Lifetimes(ctx, self.shadow, in_scope, read_track)
+        self.calls = PendingCalls(thread_size)
+        self.function_at = function_at
         self.reports: list[Finding] = []
         self.stats = Stats()
         self._allocator_pcs: dict[int, bool] = {}
+        self._functions: dict[int, int] = {}
 
     # -- tracking --------------------------------------------------------------------------
-    def track_slab(self, slab: SlabRef, cache: CacheInfo, fresh: bool) -> list[int]:
-        """Shadow a slab of a tracked cache; returns its pages (for the glue to hide). A FRESH
-        slab (just made) holds no allocated object; an existing one keeps its objects' contents
-        as initialized (their history is unknown) and its free objects as freed."""
-        pages = list(range(slab.base, slab.base + cache.slab_bytes, PAGE_SIZE))
-        self.shadow.untrack(slab.base, cache.slab_bytes)
-        self.shadow.track(slab.base, cache.slab_bytes, UNALLOCATED)
-        free = set() if fresh else self._free_or_empty(slab, cache)
-        for index in range(slab.objects):
-            start = slab.object_start(cache, index)
-            alive = not fresh and index not in free
-            state = INITIALIZED if alive else (UNALLOCATED if fresh else FREED)
-            self.shadow.set(start, cache.object_size, state)
-            self.objects[start] = TrackedObject(start, cache.object_size, cache, alive,
-                                                scoped=self.in_scope(cache))
-        for page in pages:
-            self.slabs[page] = (slab, cache)
-        return pages
-
-    def allocated(self, start: int, zeroed: bool) -> bool:
-        """An allocation seen at its call site (module scope): START begins a tracked lifetime,
-        uninitialized unless the allocator zeroed it. False when START is not on a tracked page."""
-        entry = self.slabs.get(start & ~(PAGE_SIZE - 1))
-        if entry is None:
-            return False
-        slab, cache = entry
-        index = slab.index(cache, start)
-        if index is None or slab.object_start(cache, index) != start:
-            return False
-        origin = self._new_origin(start, cache)
-        state = INITIALIZED if zeroed or cache.ctor else UNINITIALIZED
-        self.shadow.set(start, cache.object_size, state, origin.id)
-        self.objects[start] = TrackedObject(start, cache.object_size, cache, True, origin.id)
-        return True
-
-    def scoped_objects_on(self, page: int) -> bool:
-        """Whether a live object of the scope (module allocations included) is on PAGE."""
-        return any(o.alive and o.scoped for s, o in self.objects.items() if page <= s < page + PAGE_SIZE)
-
-    def untrack_page(self, page: int) -> None:
-        entry = self.slabs.pop(page, None)
-        self.shadow.untrack(page, PAGE_SIZE)
-        if entry:
-            for start in [s for s in self.objects if page <= s < page + PAGE_SIZE]:
-                del self.objects[start]
+    def track_slab(self, slab: SlabRef, cache: CacheInfo, fresh: bool,
+                   ctor_ran: bool = True) -> Region:
+        return self.heap.track_slab(slab, cache, fresh, ctor_ran)
 
     def tracked_page(self, addr: int) -> bool:
-        return (addr & ~(PAGE_SIZE - 1)) in self.slabs
+        return (addr & ~(PAGE_SIZE - 1)) in self.heap.regions
 
-    def _free_or_empty(self, slab: SlabRef, cache: CacheInfo) -> set[int]:
-        try:
-            return free_indices(self.ctx, cache, slab)
-        except FreelistError:
-            return set()
+    def region_of(self, addr: int) -> Region | None:
+        return self.heap.region_of(addr)
+
+    def release(self, region: Region) -> list[int]:
+        """Forget REGION; returns its pages (for the glue to show)."""
+        self.heap.release(region)
+        return list(region.pages)
+
+    def forget_code(self) -> None:
+        """Code moved (a module loaded or unloaded): what was learnt per code address goes."""
+        self._allocator_pcs.clear()
+        self._functions.clear()
+
+    # -- module scope: allocation calls ---------------------------------------------------------
+    def returned(self, call: PendingCall, p: int, region: Region) -> TrackedObject | None:
+        """CALL returned P, which lies in REGION (tracked by now): the object's lifetime, with
+        the bytes its helper's contract put there."""
+        if call.helper.copy == REALLOC and p == call.args[call.helper.src] or \
+                call.helper.may_return_src and p == call.args[call.helper.src]:
+            self.heap.settle_call(call.id, None)
+            return self.heap.object_at(p)[0]           # the same object: nothing new
+        slot = region.slot(p)
+        if slot is None:
+            self.heap.settle_call(call.id, None)
+            return None
+        start, size = slot
+        obj = self.heap.objects.get(start)
+        if obj is not None and obj.alive and obj.call == call.id:
+            # Born during the call, on a page already hidden: its shadow followed every
+            # write the helper made (zeroing, copies).
+            self.heap.adopt(obj, call.name, call.backtrace)
+        else:
+            obj = self._begin_returned(call, p, region, start, size)
+        self.heap.settle_call(call.id, obj)
+        return obj
+
+    def _begin_returned(self, call: PendingCall, p: int, region: Region, start: int,
+                        size: int) -> TrackedObject:
+        ctor = region.cache is not None and region.cache.ctor and not call.zeroed
+        state = None if ctor else INITIALIZED if call.zeroed else UNINITIALIZED
+        if region.kind != SLAB and call.requested is not None:
+            size = call.requested
+        obj = self.heap.begin(region, start, size, state, True, name=call.name)
+        origin = self.heap.origins[obj.origin]
+        if call.backtrace:
+            origin.alloc_pcs = call.backtrace
+        if call.helper.interior and p > start and not call.zeroed:
+            self.shadow.set(start, p - start, INITIALIZED, obj.origin)
+        for where, n, st in call.fill(p):
+            self.shadow.set(where, n, st, obj.origin)
+        for stash in call.stash:
+            if region.slot(stash.dst) == region.slot(start):
+                self.shadow.put(stash.dst, stash.states, stash.origins)
+        return obj
 
     # -- one fault -------------------------------------------------------------------------------
     def handle(self, regs: dict[str, int], code: bytes) -> FaultOutcome:
@@ -277,6 +278,7 @@ class Engine:
         its rip: complete the instruction and check its accesses."""
         self.stats.faults += 1
         pc = regs["rip"]
+        call = self.calls.containing(regs["rsp"])
         staged = _StagedMemory(self.memory, regs["rsp"])
         try:
             effect = emulate.emulate(code, regs, staged)
@@ -288,96 +290,75 @@ class Engine:
             self.stats.stepped += 1
             ops = [emulate.MemOp(a.address, a.size, False) for a in insn.accesses if a.read]
             ops += [emulate.MemOp(a.address, a.size, True) for a in insn.accesses if a.write]
-            findings = self.account(ops, None, regs, insn.text)
-            return FaultOutcome(None, findings, self._one_shot_fired(findings))
+            findings = self.account(ops, None, regs, insn.text, call)
+            return self._outcome(None, findings, [], ops, insn.text)
         self.stats.emulated += 1
-        findings = self.account(effect.ops, effect.copy, regs, effect.text)
-        return FaultOutcome(effect.regs, findings, self._one_shot_fired(findings), staged.writes)
+        findings = self.account(effect.ops, effect.copy, regs, effect.text, call)
+        return self._outcome(effect.regs, findings, staged.writes, effect.ops, effect.text)
 
-    def _one_shot_fired(self, findings: list[Finding]) -> bool:
-        return self.options.one_shot and bool(self.reports) and bool(findings)
+    def _outcome(self, regs, findings, writes, ops, text) -> FaultOutcome:
+        touched = sorted({page for op in ops for page in range(
+            op.address & ~(PAGE_SIZE - 1), op.address + op.size, PAGE_SIZE)
+            if page in self.heap.regions})
+        release = []
+        for region in {self.heap.regions[page].start: self.heap.regions[page]
+                       for page in touched}.values():
+            if not self.heap.is_pinned(region):
+                release += self.release(region)
+                self.stats.released += 1
+        turn_off = self.options.one_shot and bool(self.reports) and bool(findings)
+        return FaultOutcome(regs, findings, turn_off, writes, release, touched, text)
+
+    def lost_access(self, regs: dict[str, int], code: bytes, region: Region) -> list[Finding]:
+        """The guest took back REGION (freed the pages, unmapped the area) while it was hidden,
+        and the code at REGS accesses it: a use after free, reported before the kernel handles
+        the fault as it would have without kmemcheck. The caller forgets REGION."""
+        try:
+            insn = decode(code, regs["rip"], regs)
+        except DecodeError:
+            insn = None
+        found = []
+        for a in insn.accesses if insn else ():
+            if region.start <= a.address < region.start + region.size:
+                found.append(self._finding(FREED, "write" if a.write else "read", a.address,
+                                           a.size, a.address, regs, insn.text))
+        return self._file(found)
 
     def account(self, ops: list[emulate.MemOp], copy: tuple[int, int, int] | None,
-                regs: dict[str, int], text: str) -> list[Finding]:
+                regs: dict[str, int], text: str, call: PendingCall | None = None) -> list[Finding]:
         """Check and update the shadow for the accesses of one instruction, in order."""
         pc = regs["rip"]
         if self._allocator(pc):
             self.stats.allocator += 1
             for op in ops:
-                self._allocator_access(op.address, op.size)
+                self.heap.allocator_access(op.address)
             return []
         found: list[Finding] = []
+        call_id = call.id if call else 0
+        function = self._function(pc)
         if copy is not None:
-            found += self._copy(copy, ops, regs, text)
+            found += self._copy(copy, regs, text, call, function)
         else:
             for op in ops:
                 if self.shadow.any_tracked(op.address, op.size):
-                    self._sync_lifetimes(op.address, op.size)
+                    self.heap.sync(op.address, op.size, call_id, function)
                     finding = (self._write if op.write else self._read)(op.address, op.size, regs, text)
                     if finding:
                         found.append(finding)
+        self._note_foreign(ops)
         return self._file(found)
+
+    def _function(self, pc: int) -> int:
+        known = self._functions.get(pc)
+        if known is None:
+            known = self._functions[pc] = self.function_at(pc) or 0
+        return known
 
     def _allocator(self, pc: int) -> bool:
         known = self._allocator_pcs.get(pc)
         if known is None:
             known = self._allocator_pcs[pc] = bool(self.is_allocator(pc))
         return known
-
-    def _allocator_access(self, addr: int, size: int) -> None:
-        """SLUB reads or writes an object's free pointer only while freeing it or handing it
-        out: either way its old contents are dead."""
-        entry = self.slabs.get(addr & ~(PAGE_SIZE - 1))
-        if entry is None:
-            return
-        slab, cache = entry
-        index = slab.index(cache, addr)
-        if index is None:
-            return
-        start = slab.object_start(cache, index)
-        if addr == start + cache.offset:
-            obj = self.objects.get(start)
-            if obj is not None and obj.alive:
-                obj.alive = False
-                self.shadow.set(start, cache.object_size, FREED)
-
-    def _sync_lifetimes(self, addr: int, size: int) -> None:
-        """Bring every object touched by [addr, addr+size) up to date with the allocator."""
-        end = addr + size
-        while addr < end:
-            entry = self.slabs.get(addr & ~(PAGE_SIZE - 1))
-            step_end = min(end, (addr & ~(PAGE_SIZE - 1)) + PAGE_SIZE)
-            if entry is not None:
-                slab, cache = entry
-                index = slab.index(cache, addr)
-                if index is not None:
-                    start = slab.object_start(cache, index)
-                    self._sync_object(slab, cache, start, index)
-                    step_end = min(end, start + cache.size)
-            addr = max(step_end, addr + 1)
-
-    def _sync_object(self, slab: SlabRef, cache: CacheInfo, start: int, index: int) -> None:
-        obj = self.objects.get(start)
-        if obj is not None and obj.alive:
-            return
-        if index in self._free_or_empty(slab, cache):
-            if cache.flags & SLAB_TYPESAFE_BY_RCU:
-                self.shadow.set(start, cache.object_size, INITIALIZED)
-            return
-        # Allocated since the allocator last touched it: a new lifetime. Objects of caches
-        # outside the scope (pages shared with module-scope objects) are nobody's concern.
-        scoped = self.in_scope(cache)
-        origin = self._new_origin(start, cache) if scoped else None
-        state = UNINITIALIZED if scoped and not cache.ctor else INITIALIZED
-        self.shadow.set(start, cache.object_size, state, origin.id if origin else 0)
-        self.objects[start] = TrackedObject(start, cache.object_size, cache, True,
-                                            origin.id if origin else 0, scoped)
-
-    def _new_origin(self, start: int, cache: CacheInfo) -> Origin:
-        origin = Origin(len(self.origins) + 1, start, cache.object_size, cache.name,
-                        self.read_track(cache, start))
-        self.origins[origin.id] = origin
-        return origin
 
     def _read(self, addr: int, size: int, regs, text) -> Finding | None:
         verdict = self.shadow.check(addr, size, self.options.partial_ok)
@@ -398,23 +379,40 @@ class Engine:
             self.shadow.set(addr, size, INITIALIZED)
         return finding
 
-    def _copy(self, copy: tuple[int, int, int], ops: list[emulate.MemOp], regs, text) -> list[Finding]:
+    def _copy(self, copy: tuple[int, int, int], regs, text, call: PendingCall | None,
+              function: int = 0) -> list[Finding]:
         """movs: shadow and origins travel with the bytes. A copy that takes uninitialized bytes
         out of kmemcheck's view (to untracked memory: the stack, user space) is reported, with
-        the source object, like the siginfo example of Documentation/kmemcheck.txt."""
+        the source object, like the siginfo example of Documentation/kmemcheck.txt; unless an
+        allocation helper makes it into the object it is about to return (kmemdup): then the
+        states wait for the return, where the object becomes known."""
         dst, src, size = copy
         element = string_element_size(text)
         found = []
+        call_id = call.id if call else 0
         src_tracked = self.shadow.any_tracked(src, size)
         dst_tracked = self.shadow.any_tracked(dst, size)
         if src_tracked:
-            self._sync_lifetimes(src, size)
+            self.heap.sync(src, size, call_id, function)
         if dst_tracked:
-            self._sync_lifetimes(dst, size)
+            self.heap.sync(dst, size, call_id, function)
             verdict = self.shadow.check(dst, size)
             if verdict.state in (FREED, UNALLOCATED):
                 found.append(self._finding(verdict.state, "write", dst, element,
                                            verdict.first_bad, regs, text))
+        if src_tracked and call is not None and call.copies_from(src):
+            start, length = call.source
+            verdict = self.shadow.check(src, min(size, start + length - src))
+            if verdict.state == FREED:
+                found.append(self._finding(FREED, "read", src, element, verdict.first_bad, regs,
+                                           text))
+            states = carried_states(self.shadow.get(src, size))
+            origins = self.shadow.get_origins(src, size)
+            if dst_tracked:
+                self.shadow.put(dst, states, origins)
+            else:
+                call.stash.append(Stash(dst, states, origins))
+            return found
         if src_tracked:
             verdict = self.shadow.check(src, size)
             if verdict.state in (FREED, UNALLOCATED) or (verdict.state == UNINITIALIZED
@@ -428,22 +426,28 @@ class Engine:
             self.shadow.copy(dst, src, size)
         return found
 
+    def object_ref(self, addr: int) -> ObjectRef | None:
+        obj, region = self.heap.object_at(addr)
+        if region is None:
+            return None
+        slot = region.slot(addr)
+        if slot is None:
+            return None
+        size = obj.size if obj is not None else slot[1]
+        name = (obj.name if obj is not None else "") or region.label
+        merged = region.label if region.kind == SLAB and name != region.label else None
+        return ObjectRef(slot[0], size, name, region.kind, merged)
+
     def _finding(self, state: int, access: str, addr: int, size: int, first_bad: int,
                  regs, text) -> Finding:
         start, letters = self.shadow.window(first_bad, self.options.window_log2)
         window = bytes(self._read_guest(start, len(letters)))
-        obj, origin, object_shadow = None, None, ""
-        entry = self.slabs.get(first_bad & ~(PAGE_SIZE - 1))
-        if entry is not None:
-            slab, cache = entry
-            index = slab.index(cache, first_bad)
-            if index is not None:
-                obj_start = slab.object_start(cache, index)
-                obj = ObjectRef(obj_start, cache.object_size, cache.name)
-                object_shadow = self.shadow.letters(obj_start, cache.object_size)
+        obj = self.object_ref(first_bad)
+        object_shadow = self.shadow.letters(obj.start, obj.size) if obj else ""
+        origin = None
         origin_id = int(self.shadow.get_origins(first_bad, 1)[0])
         if origin_id:
-            origin = self.origins.get(origin_id)
+            origin = self.heap.origins.get(origin_id)
         return Finding(STATE_NAMES[state], access, addr, size, first_bad, regs["rip"], text,
                        dict(regs), start, window, letters, obj, origin,
                        object_shadow=object_shadow)
@@ -454,12 +458,17 @@ class Engine:
         except Exception:          # a window reaching an unmapped page: show zeros
             return bytes(size)
 
+    def _note_foreign(self, ops) -> None:
+        for op in ops:
+            obj, region = self.heap.object_at(op.address)
+            if region is not None and (obj is None or not obj.scoped):
+                self.heap.foreign_access(op.address)
+
     def _scoped(self, finding: Finding) -> bool:
-        if finding.object is not None:
-            obj = self.objects.get(finding.object.start)
-            return obj is None or obj.scoped
-        entry = self.slabs.get(finding.first_bad & ~(PAGE_SIZE - 1))
-        return entry is None or self.in_scope(entry[1])
+        obj, region = self.heap.object_at(finding.first_bad)
+        if obj is not None:
+            return obj.scoped
+        return region is None or region.pinned
 
     def _file(self, found: list[Finding]) -> list[Finding]:
         kept = []
@@ -481,13 +490,7 @@ class Engine:
 
     # -- inspection --------------------------------------------------------------------------------
     def tracked_objects(self) -> int:
-        return sum(1 for o in self.objects.values() if o.alive)
+        return self.heap.live_objects()
 
     def fast_fraction(self) -> float:
         return self.stats.emulated / self.stats.faults if self.stats.faults else 0.0
-
-    def reset(self) -> None:
-        self.shadow.clear()
-        self.slabs.clear()
-        self.objects.clear()
-        self._allocator_pcs.clear()

@@ -40,7 +40,7 @@ def render_finding(f: Finding, paint: Painter) -> str:
         kind = " (padding)" if field and field["kind"] == "padding" else ""
         lines.append(paint("yellow", f"accessed: {name}{kind}") +
                      f", offset {f.first_bad - obj.start} of {obj.size}-byte object "
-                     f"{obj.start:#x} from cache {obj.cache}")
+                     f"{obj.start:#x} from {obj.source}")
     if where and where.file:
         lines.append(f"source: {where.file}:{where.line}" if where.line else f"source: {where.file}")
     if f.copy_to is not None:
@@ -78,6 +78,7 @@ def finding_json(f: Finding) -> dict:
         "field": d.get("field"),
         "object": None if f.object is None else {
             "address": f.object.start, "size": f.object.size, "cache": f.object.cache,
+            "kind": f.object.kind, "merged_into": f.object.merged_into,
             "offset": f.first_bad - f.object.start, "shadow": f.object_shadow,
             "alloc_backtrace": _frames_json(d.get("origin_backtrace"))
             if f.origin and f.origin.object == f.object.start else []},

@@ -146,8 +146,25 @@ def find_pte(mem: PhysicalMemory, cr3: int, vaddr: int) -> Entry:
     raise NotMapped(vaddr, last)
 
 
+def not_present(value: int) -> int:
+    """A present PTE VALUE made not present the way Linux writes not-present PTEs on x86-64:
+    the frame bits inverted (the L1TF mitigation, arch/x86/include/asm/pgtable-invert.h), so
+    that kernel code reading the frame of a not-present PTE (pte_pfn(), as change_page_attr()
+    does when debug_pagealloc maps or unmaps a page) finds the real frame. A PTE with its
+    present bit merely cleared reads as frame ~F there, and the kernel maps that garbage."""
+    return (value & ~P) ^ ADDR_MASK
+
+
+def present_again(value: int) -> int:
+    """The present PTE a not_present() VALUE came from."""
+    return (value ^ ADDR_MASK) | P
+
+
 def set_present(mem: PhysicalMemory, entry: Entry, present: bool) -> Entry:
-    """Write ENTRY back with its present bit set or cleared; returns the entry as written."""
-    value = entry.value | P if present else entry.value & ~P
+    """Write ENTRY back present or not present (frame inverted as Linux keeps it); returns
+    the entry as written."""
+    if present == entry.present:
+        return entry
+    value = present_again(entry.value) if present else not_present(entry.value)
     write_u64(mem, entry.paddr, value)
     return Entry(entry.level, entry.paddr, value)

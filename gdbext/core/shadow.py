@@ -80,6 +80,23 @@ class Shadow:
                 buf[off:off + n] = bytes([state]) * n
                 self.origins[page][off:off + n] = origin
 
+    def set_origin(self, start: int, size: int, origin: int) -> None:
+        """Give tracked bytes of a range ORIGIN, their states unchanged."""
+        for page, off, n in self._spans(start, size):
+            buf = self.origins.get(page)
+            if buf is not None:
+                buf[off:off + n] = origin
+
+    def put(self, start: int, states: bytes, origins) -> None:
+        """Set a range's states and origins from arrays (a copy saved earlier)."""
+        pos = 0
+        for page, off, n in self._spans(start, len(states)):
+            buf = self.pages.get(page)
+            if buf is not None:
+                buf[off:off + n] = states[pos:pos + n]
+                self.origins[page][off:off + n] = origins[pos:pos + n]
+            pos += n
+
     def get(self, start: int, size: int) -> bytes:
         """States of a range; untracked bytes read as INITIALIZED (nothing to say about them)."""
         page = start & ~(self.page_size - 1)
@@ -125,14 +142,7 @@ class Shadow:
     def copy(self, dst: int, src: int, size: int) -> None:
         """movs between memory: the destination takes the source's states and origins (untracked
         source bytes count as initialized)."""
-        states, origins = self.get(src, size), self.get_origins(src, size)
-        pos = 0
-        for page, off, n in self._spans(dst, size):
-            buf = self.pages.get(page)
-            if buf is not None:
-                buf[off:off + n] = states[pos:pos + n]
-                self.origins[page][off:off + n] = origins[pos:pos + n]
-            pos += n
+        self.put(dst, self.get(src, size), self.get_origins(src, size))
 
     def letters(self, start: int, size: int) -> str:
         return "".join(LETTERS[s] for s in self.get(start, size))

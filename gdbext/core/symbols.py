@@ -141,7 +141,14 @@ class Symbolizer:
         self.unloaded: list[tuple[list[tuple[int, int]], SymbolTable]] = []
 
     def add_module(self, name: str, ranges: list[tuple[int, int]], table: SymbolTable) -> None:
-        """RANGES: the module's [start, end) areas (core and init layouts in 6.1)."""
+        """RANGES: the module's [start, end) areas (core and init layouts in 6.1). Ranges of
+        other modules that overlap them are gone (an init area freed after its module's init,
+        or a module unloaded without notice): they no longer name these addresses."""
+        ranges = [(start, end) for start, end in ranges if end > start]
+        for other, (theirs, other_table) in list(self.modules.items()):
+            kept = [r for r in theirs if not any(r[0] < end and start < r[1] for start, end in ranges)]
+            if len(kept) != len(theirs):
+                self.modules[other] = (kept, other_table)
         self.modules[name] = (ranges, table)
 
     def remove_module(self, name: str) -> None:

@@ -12,13 +12,19 @@ PAGE_MASK = ~(paging.PAGE_SIZE - 1)
 class VirtualMemory:
     """Reads kernel virtual addresses through a page-table walk from CR3, caching translations.
 
-    Call invalidate() whenever the guest has run: its page tables may have changed.
+    Call invalidate() whenever the guest has run: its page tables may have changed. Once the
+    direct map is known (set_direct_map), its addresses translate by arithmetic: every page of
+    RAM is there, also one kmemcheck hid or debug_pagealloc unmapped while it is free.
     """
 
     def __init__(self, phys: PhysicalMemory, cr3: int):
         self.phys = phys
         self.cr3 = cr3
         self._pages: dict[int, int] = {}
+        self._direct = (0, 0)       # (page_offset_base, bytes of RAM it maps)
+
+    def set_direct_map(self, base: int, size: int) -> None:
+        self._direct = (base, size)
 
     def invalidate(self, cr3: int | None = None) -> None:
         if cr3 is not None:
@@ -26,6 +32,9 @@ class VirtualMemory:
         self._pages.clear()
 
     def to_phys(self, vaddr: int) -> int:
+        off = vaddr - self._direct[0]
+        if 0 <= off < self._direct[1]:
+            return off
         page = vaddr & PAGE_MASK
         base = self._pages.get(page)
         if base is None:

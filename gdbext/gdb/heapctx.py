@@ -38,7 +38,7 @@ def guest_context() -> GuestContext:
 
     return GuestContext(phys, vmem, layout, bases["page_offset_base"][0],
                         bases["vmemmap_base"][0], vmem.u64(layout.sym("max_pfn")), cpu_offsets,
-                        symbol_name, ram)
+                        symbol_name, ram, bases["vmalloc_base"][0])
 
 
 def vcpu_registers() -> list[int]:

@@ -1,16 +1,36 @@
-"""Silent internal breakpoints: kmemgdb's way of running host code at a guest location."""
+"""Silent internal breakpoints: kmemgdb's way of running host code at a guest location.
+
+Every hook stop first tells ENTERED listeners (caches keyed by guest addresses are dropped
+there: the guest ran since the last stop). An error inside a hook never stops the guest, but it
+is never silent either: it is printed and kept in ERRORS, which `kmem errors` shows and on which
+`kmemgdb run` fails (a checker that failed inside a hook did not check what it claims to).
+"""
 from __future__ import annotations
+
+import time
+import traceback
 
 import gdb
 
 from . import target
 
+ERRORS: list[str] = []
+TRACEBACKS: list[str] = []      # beside ERRORS: where in kmemgdb each one happened
+ENTERED: list = []              # called with no argument at the start of every hook stop
+RUNNING: list[float | None] = [None]    # monotonic time the running hook started (watchdog)
+
+
+def record_error(text: str) -> None:
+    ERRORS.append(text)
+    TRACEBACKS.append(traceback.format_exc())
+    gdb.write(f"kmemgdb: {text}\n")
+
 
 class SilentHook(gdb.Breakpoint):
     """An internal breakpoint whose stop() runs ACTION and lets the guest go on (a True result
-    keeps it stopped). An error in ACTION is one line naming WHAT: a hook never stops the guest
-    by raising. A Ctrl-C that gdb turns into KeyboardInterrupt inside ACTION is handed to
-    INTERRUPTED (which must leave the guest consistent), and the guest stops as asked."""
+    keeps it stopped). An error in ACTION is one line naming WHAT, kept in ERRORS. A Ctrl-C that gdb turns into KeyboardInterrupt inside
+    ACTION is handed to INTERRUPTED (which must leave the guest consistent), and the guest
+    stops as asked."""
 
     def __init__(self, spec: str, action, what: str, interrupted=None):
         super().__init__(spec, internal=True)
@@ -21,7 +41,10 @@ class SilentHook(gdb.Breakpoint):
 
     def stop(self) -> bool:
         target.HOOK_STOPS[0] += 1
+        RUNNING[0] = time.monotonic()
         try:
+            for listener in ENTERED:
+                listener()
             return bool(self.action())
         except KeyboardInterrupt:
             if self.interrupted is None:
@@ -32,5 +55,7 @@ class SilentHook(gdb.Breakpoint):
                       f"the guest stopped at {gdb.format_address(pc)}\n")
             return True
         except Exception as exc:
-            gdb.write(f"kmemgdb: {self.what}: {type(exc).__name__}: {exc}\n")
+            record_error(f"{self.what}: {type(exc).__name__}: {exc}")
             return False
+        finally:
+            RUNNING[0] = None

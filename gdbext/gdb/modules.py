@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gdb
 
-from ..core.kernel import list_modules
+from ..core.kernel import ModuleInfo, list_modules, module_info, module_ranges, module_sections
 from ..core.symbols import SymbolTable
 from . import settings
 from .hooks import SilentHook
@@ -38,7 +38,7 @@ class ModuleSymbols:
         self.loaded: dict[str, Path] = {}   # module name -> .ko given to gdb
         self.warned: set[str] = set()
         self.breakpoints: list[gdb.Breakpoint] = []
-        # Called with the struct module (gdb.Value) after a load, with the name before an unload.
+        # Called with the ModuleInfo after a load, with the name before an unload.
         self.load_listeners: list = []
         self.unload_listeners: list = []
 
@@ -48,20 +48,26 @@ class ModuleSymbols:
         self.breakpoints = [SilentHook("do_init_module", self.on_load, "module symbols"),
                             SilentHook("free_module", self.on_free, "module symbols")]
 
+    def _argument(self) -> ModuleInfo:
+        """The struct module * both hooked functions take (its fields are read from guest
+        memory, not through gdb: a page kmemcheck hid cannot be read through the stub)."""
+        mod = int(gdb.parse_and_eval("mod").cast(gdb.lookup_type("unsigned long")))
+        return module_info(SESSION.vmem(), SESSION.layout(), mod)
+
     def on_load(self) -> None:
-        mod = gdb.parse_and_eval("mod").dereference()
+        mod = self._argument()
         self.load(mod)
         for listener in self.load_listeners:
             listener(mod)
 
     def on_free(self) -> None:
-        name = gdb.parse_and_eval("mod").dereference()["name"].string()
+        name = self._argument().name
         for listener in self.unload_listeners:
             listener(name)
         self.unload(name)
 
-    def load(self, mod: gdb.Value) -> None:
-        name = mod["name"].string()
+    def load(self, mod: ModuleInfo) -> None:
+        name = mod.name
         ko = find_ko(name, settings.module_path())
         if ko is None:
             if name not in self.warned:
@@ -69,16 +75,16 @@ class ModuleSymbols:
                 gdb.write(f"kmemgdb: no {name}.ko under `show kmemgdb module-path`; "
                           "its functions will have no names\n")
             return
-        bases = section_addresses(mod)
+        mem, layout = SESSION.vmem(), SESSION.layout()
+        bases = module_sections(mem, layout, mod.address)
         self.unload(name)
         text = f"{bases['.text']:#x} " if bases.get(".text") else ""  # init/exit-only modules
         rest = " ".join(f"-s {sec} {addr:#x}" for sec, addr in sorted(bases.items())
                         if sec != ".text" and addr and not sec.startswith(".note"))
         gdb.execute(f"add-symbol-file {ko} {text}{rest}", to_string=True)
         self.loaded[name] = ko
-        ranges = [(int(mod[lay]["base"]), int(mod[lay]["base"]) + int(mod[lay]["size"]))
-                  for lay in ("core_layout", "init_layout")]
-        SESSION.symbolizer().add_module(name, ranges, SymbolTable.from_elf(ko, bases, name))
+        SESSION.symbolizer().add_module(name, module_ranges(mem, layout, mod.address),
+                                        SymbolTable.from_elf(ko, bases, name))
 
     def unload(self, name: str) -> None:
         ko = self.loaded.pop(name, None)
@@ -88,21 +94,10 @@ class ModuleSymbols:
 
     def load_all(self) -> int:
         """(Re)load symbols of every module loaded in the guest now."""
-        mtype = gdb.lookup_type("struct module").pointer()
         mods = list_modules(SESSION.vmem(), SESSION.layout())
         for info in mods:
-            self.load(gdb.Value(info.address).cast(mtype).dereference())
+            self.load(info)
         return len(mods)
-
-
-def section_addresses(mod: gdb.Value) -> dict[str, int]:
-    """Section name -> load address, from mod->sect_attrs (CONFIG_KALLSYMS + SYSFS)."""
-    attrs = mod["sect_attrs"]
-    out = {}
-    for i in range(int(attrs["nsections"])):
-        attr = attrs["attrs"][i]
-        out[attr["battr"]["attr"]["name"].string()] = int(attr["address"])
-    return out
 
 
 MODULES = ModuleSymbols()

@@ -7,13 +7,14 @@ import os
 
 import gdb
 
+from ..core import paging
 from ..core.hidden import HiddenPages
-from ..core.kernel import KernelLayout
+from ..core.kernel import KernelLayout, KernelModelError
 from ..core.memory import RamFileMemory, below_4g_size
 from ..core.symbols import SymbolTable, Symbolizer
 from ..core.vmem import VirtualMemory
 from . import settings, target
-from .types import member_offset
+from .types import member_offset, struct_size
 
 
 class Session:
@@ -22,6 +23,7 @@ class Session:
         self._vmem: VirtualMemory | None = None
         self._layout: KernelLayout | None = None
         self._symbolizer: Symbolizer | None = None
+        self._kernel_root: int | None = None
         self.hidden: HiddenPages | None = None
 
     # -- memory ------------------------------------------------------------------------
@@ -47,14 +49,37 @@ class Session:
         self.show_all_pages()
         self._phys = None
         self._vmem = None
+        self._kernel_root = None
+
+    def kernel_root(self) -> int:
+        """Physical address of init_top_pgt (x86-64's swapper_pg_dir), the kernel's own page
+        table root. Kernel addresses map the same through every process's root, but a process's
+        root dies with the process: a root taken from the vCPU's cr3 can turn into garbage
+        while kmemgdb still uses it. Found once through the current cr3 (any root maps the
+        kernel image; with PTI the kernel half of an 8 KiB pgd is the lower 4 KiB)."""
+        if self._kernel_root is None:
+            symbol = self.layout().sym("init_top_pgt")
+            cr3 = target.register("cr3")
+            for root in (cr3, cr3 & ~0x1000):
+                try:
+                    self._kernel_root = paging.translate(self.phys(), root, symbol).paddr
+                    break
+                except paging.PagingError:
+                    continue
+            else:
+                raise KernelModelError(f"init_top_pgt ({symbol:#x}) is not mapped by cr3 {cr3:#x}")
+        return self._kernel_root
 
     def vmem(self) -> VirtualMemory:
-        cr3 = target.register("cr3")
+        """Kernel virtual memory through the kernel's page tables. Translations are cached
+        until the guest runs again (a continue, or any kmemgdb hook stop)."""
         if self._vmem is None:
-            self._vmem = VirtualMemory(self.phys(), cr3)
-        elif self._vmem.cr3 != cr3:
-            self._vmem.invalidate(cr3)
+            self._vmem = VirtualMemory(self.phys(), self.kernel_root())
         return self._vmem
+
+    def forget_translations(self) -> None:
+        if self._vmem is not None:
+            self._vmem.invalidate()
 
     def hidden_pages(self) -> HiddenPages:
         self.phys()
@@ -79,7 +104,8 @@ class Session:
             table = self.symbolizer().kernel
             self._layout = KernelLayout({}, {}, lookup_offset=member_offset,
                                         lookup_symbol=lambda name: table.by_name[name].addr
-                                        if name in table.by_name else None)
+                                        if name in table.by_name else None,
+                                        lookup_size=struct_size)
         return self._layout
 
     def symbolizer(self) -> Symbolizer:
@@ -99,6 +125,7 @@ class Session:
     def on_exit(self, _event=None) -> None:
         self.show_all_pages()
         self._vmem = None
+        self._kernel_root = None
 
 
 SESSION = Session()
@@ -111,6 +138,8 @@ def _on_new_objfile(event) -> None:
 
 
 def register_events() -> None:
+    from .hooks import ENTERED
+    ENTERED.append(SESSION.forget_translations)
     gdb.events.cont.connect(SESSION.on_cont)
     gdb.events.exited.connect(SESSION.on_exit)
     gdb.events.new_objfile.connect(_on_new_objfile)

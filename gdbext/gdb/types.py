@@ -33,3 +33,11 @@ def _find_field(typ: gdb.Type, name: str):
             if inner is not None:
                 return field.bitpos // 8 + inner[0], inner[1]
     return None
+
+
+def struct_size(name: str) -> int:
+    """sizeof(struct NAME)."""
+    try:
+        return gdb.lookup_type(f"struct {name}").sizeof
+    except gdb.error as exc:
+        raise KernelModelError(f"the guest kernel has no struct {name}") from exc

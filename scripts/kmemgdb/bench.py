@@ -132,9 +132,12 @@ def _gdb_all(lab, *commands: str) -> None:
 def bench_kmemcheck(runs: int = 2, loop: int = 3000, busy_cache: str = "kmalloc-192") -> int:
     from .kernel import ensure_kernel
     from .modbuild import build_module
-    ko = build_module(ensure_kernel(), Path(__file__).resolve().parents[2] / "tests/modules/kmemgdb_check")[0]
+    modules = Path(__file__).resolve().parents[2] / "tests/modules"
+    kernel = ensure_kernel()
+    ko = build_module(kernel, modules / "kmemgdb_check")[0]
+    corpus = build_module(kernel, modules / "kmemgdb_corpus")[0]
     with tempfile.TemporaryDirectory(prefix="kmemgdb-bench-") as tmp:
-        with booted(LabOptions(modules=[ko], append=["debug_pagealloc=on"]), Path(tmp)) as lab:
+        with booted(LabOptions(modules=[ko, corpus], append=["debug_pagealloc=on"]), Path(tmp)) as lab:
             lab.run("insmod /modules/kmemgdb_check.ko")
             plain = min(_guest_seconds(lab, WORKLOAD) for _ in range(runs))
             light_plain = min(_guest_seconds(lab, LIGHT_WORKLOAD) for _ in range(runs))
@@ -147,6 +150,10 @@ def bench_kmemcheck(runs: int = 2, loop: int = 3000, busy_cache: str = "kmalloc-
             _gdb_all(lab, "kmemcheck 0", "kmemcheck notrack cache kmemgdb_check",
                      f"kmemcheck track cache {busy_cache}", "kmemcheck 1")
             busy_s, busy_stats = _tracked_run(lab, LIGHT_WORKLOAD)
+            _gdb_all(lab, "kmemcheck 0", f"kmemcheck notrack cache {busy_cache}",
+                     "kmemcheck track module kmemgdb_corpus", "set kmemcheck report-limit 100000",
+                     "kmemcheck 1")
+            corpus_s, corpus_stats = _tracked_run(lab, "insmod /modules/kmemgdb_corpus.ko run_all=1")
             _gdb_all(lab, "kmemcheck 0")
     fraction = lambda st: st["emulated"] / st["faults"] if st["faults"] else 0.0
     print(f"\nguest workload {WORKLOAD!r}, best of {runs}:")
@@ -161,4 +168,8 @@ def bench_kmemcheck(runs: int = 2, loop: int = 3000, busy_cache: str = "kmalloc-
           f"{light_plain:.2f} s plain = {busy_s / light_plain:.1f}x; {busy_stats['faults']} tracked "
           f"accesses ({busy_stats['faults'] / busy_s:.0f}/s), fast path {fraction(busy_stats):.1%}, "
           f"{busy_stats['stepped']} single-stepped, {busy_stats['findings']} findings")
+    print(f"corpus module, every case in one init, module scope: {corpus_stats['faults']} tracked "
+          f"accesses in {corpus_s:.1f} s ({corpus_stats['faults'] / corpus_s:.0f}/s), fast path "
+          f"{fraction(corpus_stats):.1%}, {corpus_stats['stepped']} single-stepped, "
+          f"{corpus_stats['findings']} findings")
     return 0

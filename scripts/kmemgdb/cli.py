@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kmemleak", action="store_true", help="host-side leak check")
     r.add_argument("--kmemcheck", metavar="SPEC",
                    help="host-side uninitialized-read check: comma-separated cache:NAME, "
-                        "module:NAME, all, notrack:NAME, oneshot, partial-ok=off, bitfield-ok=off")
+                        "module:NAME, all, notrack:NAME, oneshot, verify, partial-ok=off, "
+                        "bitfield-ok=off, watchdog=SECONDS")
     r.add_argument("--json", type=Path, metavar="FILE", help="write the JSON report here")
     r.add_argument("--timeout", type=float, default=600, metavar="SECONDS")
     r.add_argument("--reference-kmemleak", action="store_true",

@@ -1,8 +1,8 @@
 """`kmemgdb demo` (what `make demo` runs) and `kmemgdb gdb` (an interactive session)."""
 from __future__ import annotations
 
-import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from .guestlab import LabOptions, booted
@@ -54,8 +54,10 @@ def interactive(memory: int, smp: int, append: list[str], modules: list[Path]) -
         print(f"guest booted; console log: {lab.guest.console.log_path}\n"
               "gdb is attached with kmemgdb loaded (try `kmem info`); Ctrl-] or `quit` ends.",
               flush=True)
-        sys.stdout.write("(kmemgdb) ")
-        sys.stdout.flush()
+        lab.gdb.hand_over()
         lab.gdb.proc.logfile_read = None     # interact() passes bytes; the log takes text
+        # interact() makes the terminal raw with TCSAFLUSH, dropping what was typed before:
+        # gdb prints its prompt after interact() started (`echo` with nothing prints nothing).
+        threading.Timer(0.5, lambda: lab.gdb.send("echo")).start()
         lab.gdb.proc.interact()
     return 0

@@ -30,8 +30,9 @@ class Lab:
     gdb: GdbSession
 
     def run(self, command: str, timeout: float = 60) -> tuple[str, int]:
-        """Run a shell command in the guest while gdb has the guest running."""
-        return self.guest.run(command, timeout)
+        """Run a shell command in the guest while gdb has the guest running; WatchdogFired
+        when kmemcheck's watchdog stops the guest meanwhile."""
+        return self.guest.run(command, timeout, watch=self.gdb.check_watchdog)
 
 
 def prepare(options: LabOptions) -> tuple[KernelBuild, Path]:

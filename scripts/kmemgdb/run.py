@@ -14,7 +14,7 @@ from qemu.console import ConsoleError
 from qemu.guest import GuestError
 
 from .errors import KmemgdbError
-from .gdbdriver import GdbError
+from .gdbdriver import GdbError, WatchdogFired
 from .guestlab import Lab, LabOptions, booted
 
 # Everything that ends a run with exit status 2 and a one-line reason.
@@ -33,7 +33,7 @@ class Step:
 @dataclass
 class KmemcheckSpec:
     """`--kmemcheck SPEC`: comma-separated cache:NAME, module:NAME, all, notrack:NAME, oneshot,
-    partial-ok=on|off, bitfield-ok=on|off."""
+    verify, partial-ok=on|off, bitfield-ok=on|off, watchdog=SECONDS."""
     commands: list[str] = field(default_factory=list)    # gdb commands before `kmemcheck N`
     caches: list[str] = field(default_factory=list)
     mode: int = 1
@@ -48,6 +48,10 @@ class KmemcheckSpec:
                 spec.commands.append("kmemcheck track all")
             elif item == "oneshot":
                 spec.mode = 2
+            elif item == "verify":
+                spec.commands.append("set kmemcheck verify on")
+            elif eq and key == "watchdog" and value.isdigit():
+                spec.commands.append(f"set kmemcheck watchdog {value}")
             elif kind in ("cache", "module", "notrack") and name:
                 verb = "notrack cache" if kind == "notrack" else f"track {kind}"
                 spec.commands.append(f"kmemcheck {verb} {name}")
@@ -57,7 +61,8 @@ class KmemcheckSpec:
                 spec.commands.append(f"set kmemcheck {key} {value}")
             else:
                 raise KmemgdbError(f"--kmemcheck: bad item {item!r} (use cache:NAME, module:NAME, "
-                                   "all, notrack:NAME, oneshot, partial-ok=on|off, bitfield-ok=on|off)")
+                                   "all, notrack:NAME, oneshot, verify, partial-ok=on|off, "
+                                   "bitfield-ok=on|off, watchdog=SECONDS)")
         if not any(c.startswith("kmemcheck track") for c in spec.commands):
             raise KmemgdbError("--kmemcheck: nothing to track (cache:NAME, module:NAME or all)")
         return spec
@@ -128,6 +133,11 @@ def run(options: RunOptions) -> tuple[dict, int]:
                     _symbolize_reference(lab, doc["reference_kmemleak"]["leaks"])
                 doc["console"] = lab.guest.console.text
                 doc["shell"] = lab.guest.shell.text
+                doc["hook_errors"] = _hook_errors(lab)
+                if doc["hook_errors"]:
+                    shown = "\n".join(e.splitlines()[0] for e in doc["hook_errors"][:5])
+                    raise KmemgdbError(f"kmemgdb failed inside its hooks ({len(doc['hook_errors'])} "
+                                       f"error(s)); the checks are incomplete:\n{shown}")
         except LAB_ERRORS as exc:
             for key in ("console", "shell"):
                 log = workdir / f"{key}.log"
@@ -149,6 +159,11 @@ def _run_steps(lab: Lab, steps: list[Step], doc: dict, deadline: Deadline) -> No
     for step in steps:
         try:
             output, status = lab.run(step.command, timeout=deadline.left())
+        except WatchdogFired as exc:
+            stopped = lab.gdb.await_stop(timeout=deadline.left())
+            diagnosis = stopped[stopped.rfind("kmemcheck watchdog: no progress"):]
+            raise KmemgdbError(f"guest {step.kind} {step.argument!r}: {exc}\n"
+                               + diagnosis.strip()) from None
         except ConsoleError:
             raise KmemgdbError(f"guest {step.kind} {step.argument!r} did not finish: run timed out "
                                f"after {deadline.seconds:.0f} s (--timeout); shell tail:\n"
@@ -204,6 +219,12 @@ def _kmemcheck_report(lab: Lab, deadline: Deadline) -> dict:
         raise KmemgdbError(f"kmemcheck left pages hidden: {hidden.strip()[:300]}")
     report["text"] = text.strip()
     return report
+
+
+def _hook_errors(lab: Lab) -> list[str]:
+    """What kmemgdb's hooks failed at while the guest ran: a checker that failed inside a hook
+    did not check what it claims to, so the run fails (exit status 2) instead of passing."""
+    return json.loads(_last_json_line(lab.gdb.checked("kmem errors --json")))
 
 
 def _reference_kmemleak(lab: Lab, deadline: Deadline) -> dict:

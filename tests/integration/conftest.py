@@ -70,8 +70,8 @@ def refused_while_running(gdb, command: str) -> None:
     out = gdb.cmd(command)
     no_python_errors(out)
     assert "the guest is running: interrupt it first" in out
-    gdb.proc.sendline("interrupt")
-    gdb.proc.expect("SIGINT")
+    gdb.send("interrupt")
+    gdb.expect("SIGINT")
     gdb.cmd("")                       # settle at the prompt with the guest stopped
 
 

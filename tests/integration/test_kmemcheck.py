@@ -30,6 +30,7 @@ def clab(check_ko, tmp_path_factory):
         assert status == 0, out
         with Stopped(lab) as gdb:
             gdb.checked(f"kmemcheck track cache {CACHE}")
+            gdb.checked("set kmemcheck verify on")      # every host completion checked
             out = gdb.checked("kmemcheck 1")
             assert "kmemcheck: on, tracking cache kmemgdb_check" in out, out
         yield lab
@@ -317,6 +318,7 @@ def test_internal_error_turns_off_shows_pages_and_the_access_completes(clab):
 
 INTERRUPT_ONCE = """
 import gdbext.gdb.kmemcheck as k
+import gdbext.gdb.target as target
 owner = {owner}
 real, calls = owner.{name}, []
 def once(*args):
@@ -330,7 +332,7 @@ owner.{name} = once
 
 @pytest.mark.parametrize("owner, name", [
     ("k.KMEMCHECK.engine", "handle"),   # while deciding: nothing changed in the guest yet
-    ("k.target", "set_pc"),             # the last step of the guest changes: resumed
+    ("target", "set_pc"),               # the last step of the guest changes: resumed
 ])
 def test_ctrl_c_inside_the_fault_hook_finishes_the_access_then_stops(clab, owner, name):
     """gdb turns a Ctrl-C that arrives while a hook runs into KeyboardInterrupt there. Injected
@@ -395,6 +397,22 @@ def test_detach_turns_kmemcheck_off_and_shows_every_page(clab):
         assert gdb.checked("kmemcheck").startswith("kmemcheck: off")
     out, status = clab.run("echo uninit32 > /sys/kernel/debug/kmemgdb_check && echo ok")
     assert status == 0 and "ok" in out
+
+
+def test_verify_found_the_host_agreeing_with_the_guest(clab):
+    """Every test of this module ran with verify on; the kmemcheck ones are checked here for
+    mismatches (kept across turn-offs), and a few cases once more on a running engine."""
+    with Stopped(clab) as gdb:
+        gdb.checked("kmemcheck 1")
+    for case in ("uninit32", "memcpy", "padding", "partial", "loop 20", "bitfield"):
+        run_case(clab, case)
+    with Stopped(clab) as gdb:
+        status = gdb.checked("kmemcheck")
+        errors = gdb.checked("kmem errors")
+    verified, mismatches = map(int, re.search(r"verified against the guest: (\d+), mismatches: "
+                                              r"(\d+)", status).groups())
+    assert verified >= 20 and mismatches == 0, status
+    assert "verify" not in errors, errors
 
 
 def test_needs_a_4k_direct_map(lab):

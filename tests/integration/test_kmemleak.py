@@ -178,13 +178,13 @@ def test_corrupted_freelist_is_reported_not_fatal(lab, hello_loaded, bad):
 def settle_stopped(gdb) -> None:
     """Get the guest stopped at a prompt that answers, whatever periodic scans left running."""
     for k in range(20):
-        gdb.proc.sendline("interrupt")
+        gdb.send("interrupt")
         time.sleep(0.5)
-        gdb.proc.sendline("kmem info")
-        gdb.proc.sendline(f"echo SETTLED-{k}\\n")
-        gdb.proc.expect(f"SETTLED-{k}", timeout=30)
-        answered = "kernel release" in gdb.proc.before
-        gdb.proc.expect_exact("(kmemgdb) ", timeout=30)
+        gdb.send("kmem info")
+        gdb.send(f"echo SETTLED-{k}\\n")
+        before, _ = gdb.expect(f"SETTLED-{k}", timeout=30)
+        answered = "kernel release" in before
+        gdb.expect(re.escape("(kmemgdb) "), timeout=30)
         if answered:
             return
     raise AssertionError("the guest did not stop")
@@ -198,9 +198,9 @@ def test_periodic_scans_interrupt_scan_and_resume(lab):
     gdb.cont()
     out, status = lab.run("sleep 4; echo slept", timeout=60)
     assert status == 0 and "slept" in out          # the guest kept running across the scans
-    gdb.proc.expect(r"periodic scan (\d+): \d+ suspected memory leak", timeout=30)
-    gdb.proc.sendline("kmemleak scan=off")
-    gdb.proc.expect("periodic scans off", timeout=30)
+    gdb.expect(r"periodic scan (\d+): \d+ suspected memory leak", timeout=30)
+    gdb.send("kmemleak scan=off")
+    gdb.expect("periodic scans off", timeout=30)
     time.sleep(1.5)
     settle_stopped(gdb)
     gdb.cont()

@@ -18,6 +18,7 @@ def kmemgdb(*args):
     (["run", "--kmemcheck", "cache:"], "bad item 'cache:'"),
     (["run", "--kmemcheck", "oneshot"], "nothing to track"),
     (["run", "--kmemcheck", "partial-ok=maybe,all"], "bad item 'partial-ok=maybe'"),
+    (["run", "--kmemcheck", "all,watchdog=soon"], "bad item 'watchdog=soon'"),
     (["run", "--insmod", "/nonexistent.ko"], "not a .ko file nor a module of the guest kernel"),
     (["run", "--timeout", "0"], "--timeout must be positive"),
     (["run", "--frobnicate"], "unrecognized arguments"),
@@ -40,3 +41,5 @@ def test_kmemcheck_spec_becomes_commands_and_boot_arguments():
     assert spec.mode == 2
     assert spec.append() == ["debug_pagealloc=on", "slub_debug=U,foo"]
     assert KmemcheckSpec.parse("all").append() == ["debug_pagealloc=on"]
+    assert KmemcheckSpec.parse("module:m,verify,watchdog=30").commands == [
+        "kmemcheck track module m", "set kmemcheck verify on", "set kmemcheck watchdog 30"]

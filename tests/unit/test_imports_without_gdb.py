@@ -5,14 +5,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
-PURE_MODULES = [
-    "gdbext.core.memory", "gdbext.core.paging", "gdbext.core.hidden", "gdbext.core.vmem",
-    "gdbext.core.kernel", "gdbext.core.symbols", "gdbext.core.render", "gdbext.core.report",
-    "gdbext.core.kmemleak_text", "gdbext.core.leaks", "gdbext.core.roots", "gdbext.core.percpu",
-    "gdbext.core.leakreport", "gdbext.core.leakstate", "gdbext.core.heap.walk",
-    "gdbext.core.heap.tracks", "gdbext.core.decode", "gdbext.core.shadow", "gdbext.core.emulate",
-    "gdbext.core.kmemcheck", "gdbext.core.kmemcheck_report", "gdbext.core.layout", "gdbext.core.ptregs",
-    "gdbext.core.codescan", "qemu.argv", "qemu.console", "qemu.guest",
+# Every module of the core (found, not listed: a new one cannot be forgotten), plus the launcher
+# and the host tooling.
+CORE_MODULES = sorted(
+    ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+    for p in (REPO / "gdbext" / "core").rglob("*.py"))
+PURE_MODULES = CORE_MODULES + [
+    "qemu.argv", "qemu.console", "qemu.guest",
     "kmemgdb.cli", "kmemgdb.run", "kmemgdb.bench", "kmemgdb.kernel", "kmemgdb.initramfs", "kmemgdb.modbuild",
 ]
 

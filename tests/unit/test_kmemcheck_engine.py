@@ -7,7 +7,7 @@ from gdbext.core.heap.slub import read_caches, slab_at
 from gdbext.core.kmemcheck import Engine, Options, Scope
 from gdbext.core.shadow import FREED, INITIALIZED, UNINITIALIZED
 
-from .test_slub_walk import PO, RAM, SLAB, FakeSlub
+from .test_slub_walk import PO, SLAB, FakeSlub
 
 ALLOC_PC = 0xFFFF_FFFF_8111_0000       # "SLUB" code
 USER_PC = 0xFFFF_FFFF_A000_0000        # module code
@@ -31,18 +31,22 @@ def guest():
     return g
 
 
-def engine_for(guest, **options) -> Engine:
+def engine_for(guest, scoped: bool = True, fresh: bool = False, ctor_ran: bool = True,
+               **options) -> Engine:
+    """An engine tracking the fake slab; SCOPED: its cache is tracked (else: module scope)."""
     ctx = guest.ctx
-    memory = ThroughHidden(ctx.vmem, HiddenPages(guest.mem, lambda: None), PO, RAM)
-    engine = Engine(ctx, memory, Options(**options), lambda pc: pc == ALLOC_PC)
+    memory = ThroughHidden(ctx.vmem, HiddenPages(guest.mem, lambda: None))
+    engine = Engine(ctx, memory, Options(**options), lambda pc: pc == ALLOC_PC,
+                    in_scope=lambda cache: scoped)
     cache = read_caches(ctx)[0]
-    engine.track_slab(slab_at(ctx, SLAB), cache, fresh=False)
+    engine.track_slab(slab_at(ctx, SLAB), cache, fresh=fresh, ctor_ran=ctor_ran)
     return engine
 
 
 def access(engine, code: bytes, pc: int = USER_PC, **regs):
     full = dict(REGS, rip=pc, rsp=0xFFFF_C900_0000_8000, rflags=0x246, cs=0x10, ss=0x18,
-                orig_ax=-1, **regs)
+                orig_ax=-1)
+    full.update(regs)
     out = engine.handle(full, code + b"\x90" * 14)
     for where, data in out.writes:               # the glue applies them, after the decision
         engine.memory.write(where, data)

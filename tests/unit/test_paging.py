@@ -73,6 +73,30 @@ def test_pte_flip(pt):
     assert paging.translate(pt.mem, pt.cr3, VMALLOC).paddr == 0x7000
 
 
+def linux_pte_pfn(value: int) -> int:
+    """pte_pfn() of arch/x86/include/asm/pgtable.h with pgtable-invert.h: a non-zero PTE
+    without the present bit holds its frame inverted."""
+    if value and not value & paging.P:
+        value ^= (1 << 64) - 1
+    return (value & paging.ADDR_MASK) >> 12
+
+
+def test_a_hidden_pte_gives_the_kernel_its_real_frame(pt):
+    """The kernel reads frames of not-present PTEs (change_page_attr() under debug_pagealloc
+    when it frees or maps the page): hiding must keep Linux's inverted-frame convention, or
+    the kernel maps garbage (seen: an oops in clear_page on a reused large kmalloc page)."""
+    pt.map(VMALLOC, 0xCE0000)
+    pte = paging.find_pte(pt.mem, pt.cr3, VMALLOC)
+    hidden = paging.set_present(pt.mem, pte, False)
+    assert not hidden.present and linux_pte_pfn(hidden.value) == 0xCE0
+    # What debug_pagealloc's unmap writes then (P and RW cleared, through pte_pfn/pfn_pte) ...
+    freed = hidden.value & ~paging.RW
+    assert linux_pte_pfn(freed) == 0xCE0
+    # ... and show restores the original entry exactly.
+    assert paging.set_present(pt.mem, hidden, True).value == pte.value
+    assert paging.set_present(pt.mem, pte, True) == pte          # already present: untouched
+
+
 class FlushCounter:
     def __init__(self):
         self.count = 0

@@ -64,3 +64,14 @@ def test_from_elf_with_section_bases(tmp_path):
     with pytest.raises(SymbolError, match="no symbol 'missing' in module m"):
         table.address("missing")
     assert table.section(".data").addr == 0xFFFFFFFFA0003000
+
+
+def test_a_module_loaded_over_an_old_init_area_takes_its_addresses():
+    """Init areas are freed after init; a module loaded there later names those addresses."""
+    first = SymbolTable([Symbol("first_init", 0x2000, 0x100)], [], "first")
+    second = SymbolTable([Symbol("second_fn", 0x2000, 0x80)], [], "second")
+    sym = Symbolizer(SymbolTable([], []))
+    sym.add_module("first", [(0x1000, 0x1800), (0x2000, 0x3000)], first)
+    sym.add_module("second", [(0x2000, 0x2800)], second)
+    assert sym.lookup(0x2010).symbol.name == "second_fn"
+    assert sym.modules["first"][0] == [(0x1000, 0x1800)]

@@ -25,17 +25,18 @@ class GuestContext:
     cpu_offsets: list[int]      # __per_cpu_offset[cpu] for each possible CPU
     symbol_name: Callable[[int], str | None] = lambda addr: None
     ram: np.ndarray | None = None   # uint8 view of guest RAM (file offset = physical address)
+    vmalloc_base: int = 0       # start of the vmalloc area (VMALLOC_START)
 
     def direct_paddr(self, vaddr: int) -> int | None:
         """Physical address of a direct-map address, None outside the direct map."""
         off = vaddr - self.page_offset
         return off if 0 <= off < self.max_pfn * PAGE_SIZE else None
 
+    def __post_init__(self):
+        self.vmem.set_direct_map(self.page_offset, self.max_pfn * PAGE_SIZE)
+
     def read(self, vaddr: int, size: int) -> bytes:
         """Direct-map addresses are read physically (so pages kmemcheck hid read too)."""
-        paddr = self.direct_paddr(vaddr)
-        if paddr is not None and paddr + size <= self.max_pfn * PAGE_SIZE:
-            return self.phys.read(paddr, size)
         return self.vmem.read(vaddr, size)
 
     def u64(self, vaddr: int) -> int:

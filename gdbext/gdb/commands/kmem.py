@@ -80,9 +80,10 @@ the leaf entry's flags and value, and where that entry lives in guest physical m
             t = paging.translate(phys, cr3, args.addr)
         except paging.NotMapped as exc:
             hidden = SESSION.hidden_pages()
-            if exc.entry.level != 1 or args.addr not in hidden:
+            frame = hidden.frame(args.addr) if exc.entry.level == 1 else None
+            if frame is None:
                 raise
-            t = paging.Translation(args.addr, exc.entry.frame + (args.addr & 0xFFF), 4096, exc.entry)
+            t = paging.Translation(args.addr, frame + (args.addr & 0xFFF), 4096, exc.entry)
             gdb.write("(page hidden by kmemgdb: present bit cleared)\n")
         gdb.write(render.render_translation(t, painter()) + "\n")
 
@@ -158,7 +159,7 @@ Usage: kmem pte show-all [--quiet]"""
         from ..kmemcheck import KMEMCHECK
         try:
             count = 0
-            if KMEMCHECK.engine is not None or KMEMCHECK.hooks:
+            if KMEMCHECK.armed is not None:
                 gdb.write("kmemcheck: off (the guest is being left)\n")
                 count = KMEMCHECK.disable()
             count += SESSION.show_all_pages()
@@ -184,6 +185,34 @@ Usage: kmem pte list"""
         gdb.write(f"{len(pages)} hidden page(s)\n")
         for page in sorted(pages.values(), key=lambda p: p.vaddr):
             gdb.write(f"  {page.vaddr:#x}  PTE at physical {page.pte_paddr:#x}\n")
+
+
+class KmemErrors(KmemCommand):
+    """List the errors kmemgdb's hooks met while the guest ran (an internal error of kmemcheck,
+a verify mismatch, the watchdog, a module whose symbols could not load).
+
+Usage: kmem errors [--json] [--verbose]
+A checker that failed inside a hook did not check everything it claims to: `kmemgdb run`
+fails (exit status 2) when this list is not empty. --verbose adds where in kmemgdb each
+error happened (a Python traceback, for a bug report)."""
+    PARSER = parser("kmem errors", "List errors met inside kmemgdb's hooks.")
+    PARSER.add_argument("--json", action="store_true", help="one JSON list on one line")
+    PARSER.add_argument("--verbose", action="store_true", help="with kmemgdb's tracebacks")
+    NEEDS_STOPPED_GUEST = False
+
+    def __init__(self):
+        super().__init__("kmem errors")
+
+    def run(self, args) -> None:
+        from ..hooks import ERRORS, TRACEBACKS
+        if args.json:
+            gdb.write(json.dumps(ERRORS) + "\n")
+            return
+        for error, where in zip(ERRORS, TRACEBACKS):
+            gdb.write(error + "\n")
+            if args.verbose and where.strip() != "NoneType: None":
+                gdb.write(where)
+        gdb.write(f"kmemgdb: {len(ERRORS)} error(s) inside hooks\n")
 
 
 class KmemSymbols(KmemCommand):
@@ -224,6 +253,6 @@ Addresses are taken as return addresses (the line shown is the call's) unless --
 
 
 def register() -> None:
-    for cls in (Kmem, KmemInfo, KmemSymbols, KmemSymbolize, KmemVtop, KmemPte, KmemPteHide, KmemPteShow, KmemPteShowAll,
+    for cls in (Kmem, KmemInfo, KmemErrors, KmemSymbols, KmemSymbolize, KmemVtop, KmemPte, KmemPteHide, KmemPteShow, KmemPteShowAll,
                 KmemPteList):
         cls()

@@ -22,7 +22,7 @@ Usage: kmemcheck [0|1|2]
   kmemcheck 0        off: every hidden page is shown again; the guest keeps running
 Scope first: `kmemcheck track cache NAME` (see `help kmemcheck track`). The guest must map its
 direct map with 4 KiB pages: boot it with debug_pagealloc=on.
-Options: `set kmemcheck partial-ok|bitfield-ok|report-limit|shadow-window`."""
+Options: `set kmemcheck partial-ok|bitfield-ok|report-limit|shadow-window|verify|watchdog`."""
     NEEDS_STOPPED_GUEST = False
 
     def __init__(self):
@@ -63,9 +63,13 @@ def status() -> str:
             f"tracked accesses: {st.faults} ({st.emulated} emulated in one stop, "
             f"{st.stepped} single-stepped, {st.allocator} by the allocator; fast path "
             f"{engine.fast_fraction():.1%})"]
+        if o.verify or st.verified or st.mismatches:
+            lines.append(f"verified against the guest: {st.verified}, mismatches: {st.mismatches}")
     lines.append(f"options: partial-ok {'on' if o.partial_ok else 'off'}, bitfield-ok "
                  f"{'on' if o.bitfield_ok else 'off'}, report-limit {o.report_limit}, "
-                 f"shadow-window {o.window_log2} ({1 << o.window_log2} bytes)")
+                 f"shadow-window {o.window_log2} ({1 << o.window_log2} bytes), verify "
+                 f"{'on' if o.verify else 'off'}, watchdog "
+                 f"{f'{KMEMCHECK.watchdog:g} s' if KMEMCHECK.watchdog else 'off'}")
     if KMEMCHECK.suppressions:
         lines.append("suppressions: " + ", ".join(s.text for s in KMEMCHECK.suppressions))
     return "\n".join(lines)
@@ -120,7 +124,6 @@ exception to `track all` or to a glob (`track cache kmalloc-*`, `notrack cache k
     def run(self, args) -> None:
         if args.what == "module":
             KMEMCHECK.scope.modules.discard(args.name.replace("-", "_"))
-            KMEMCHECK.on_module_unload(args.name.replace("-", "_"))
         elif args.name in KMEMCHECK.scope.caches:
             KMEMCHECK.scope.caches.discard(args.name)       # undo a `track cache NAME`
         else:
@@ -217,10 +220,16 @@ class _Option(gdb.Parameter):
         self.show_doc = f"Show kmemcheck's {name}."
         super().__init__(f"kmemcheck {name}", gdb.COMMAND_DATA, kind, *extra)
         self.attr = attr
-        self.value = getattr(KMEMCHECK.options, attr)
+        self.value = int(KMEMCHECK.watchdog) if attr == "watchdog" else getattr(KMEMCHECK.options, attr)
 
     def get_set_string(self) -> str:
         value = self.value
+        if self.attr == "watchdog":
+            if KMEMCHECK.armed is not None:
+                self.value = KMEMCHECK.watchdog
+                raise gdb.GdbError("kmemcheck watchdog: set it while kmemcheck is off")
+            KMEMCHECK.watchdog = float(value)
+            return ""
         if self.attr == "window_log2" and not 2 <= value <= 8:
             self.value = KMEMCHECK.options.window_log2
             raise gdb.GdbError("kmemcheck shadow-window: log2 bytes between 2 and 8")
@@ -251,6 +260,14 @@ def register() -> None:
             "Reports kept (the kernel's error queue size); later ones are counted as lost.")
     _Option("shadow-window", gdb.PARAM_ZUINTEGER, "window_log2",
             "Bytes of memory and shadow shown around a reported address, as log2 (5: 32 bytes).")
+    _Option("verify", gdb.PARAM_BOOLEAN, "verify",
+            "Also run each instruction the host completes in the guest (pages shown, one "
+            "single-step) and compare registers, flags and written bytes; a difference is an "
+            "internal error and the guest keeps its own result. Slower: a check of kmemgdb.")
+    _Option("watchdog", gdb.PARAM_ZUINTEGER, "watchdog",
+            "Seconds of guest running time without progress (a stopped clock, one access "
+            "faulting over and over, a hook that does not return) after which kmemcheck stops "
+            "the guest, prints what it was doing and turns off; 0: never.")
     for cls in (Kmemcheck, KmemcheckTrack, KmemcheckNotrack, KmemcheckShadow, KmemcheckReport,
                 KmemcheckSuppress):
         cls()

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import gdb
 
-from ..core.kernel import KernelModelError
-from ..core.kmemcheck import Finding
-from ..core.layout import describe, field_map, render_field_map
-from .layouts import layout_from_type, object_type_near
-from .unwind import interrupted_pc
-from .symbolize import frame_for
+from ...core.kernel import KernelModelError
+from ...core.kmemcheck import Finding
+from ...core.layout import describe, field_map, render_field_map
+from ..layouts import layout_from_type, object_type_near
+from ..unwind import interrupted_pc
+from ..symbolize import frame_for
 
 MAX_FRAMES = 16
 
