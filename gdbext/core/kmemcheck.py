@@ -297,13 +297,16 @@ class Engine:
         return self._outcome(effect.regs, findings, staged.writes, effect.ops, effect.text)
 
     def _outcome(self, regs, findings, writes, ops, text) -> FaultOutcome:
-        touched = sorted({page for op in ops for page in range(
-            op.address & ~(PAGE_SIZE - 1), op.address + op.size, PAGE_SIZE)
-            if page in self.heap.regions})
+        regions = self.heap.regions
+        touched: list[int] = []
+        for op in ops:
+            for page in range(op.address & ~(PAGE_SIZE - 1), op.address + op.size, PAGE_SIZE):
+                if page in regions and page not in touched:
+                    touched.append(page)
         release = []
-        for region in {self.heap.regions[page].start: self.heap.regions[page]
-                       for page in touched}.values():
-            if not self.heap.is_pinned(region):
+        for page in touched:
+            region = regions.get(page)
+            if region is not None and not region.pinned and not self.heap.is_pinned(region):
                 release += self.release(region)
                 self.stats.released += 1
         turn_off = self.options.one_shot and bool(self.reports) and bool(findings)
@@ -459,10 +462,15 @@ class Engine:
             return bytes(size)
 
     def _note_foreign(self, ops) -> None:
+        """Accesses to objects out of the scope on regions module scope pinned: the
+        quarantine of freed objects there runs down."""
         for op in ops:
-            obj, region = self.heap.object_at(op.address)
-            if region is not None and (obj is None or not obj.scoped):
-                self.heap.foreign_access(op.address)
+            region = self.heap.region_of(op.address)
+            if region is None or region.pinned:
+                continue
+            obj = self.heap.object_at(op.address)[0]
+            if obj is None or not obj.scoped:
+                region.foreign += 1
 
     def _scoped(self, finding: Finding) -> bool:
         obj, region = self.heap.object_at(finding.first_bad)

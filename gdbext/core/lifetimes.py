@@ -177,13 +177,6 @@ class Lifetimes:
             obj.scoped = False              # out of quarantine: no longer the scope's
         return False
 
-    def foreign_access(self, addr: int) -> None:
-        """An access to an object out of the scope in a region not pinned by its cache: the
-        quarantine of freed objects there runs down."""
-        region = self.region_of(addr)
-        if region is not None and not region.pinned:
-            region.foreign += 1
-
     def _free_or_empty(self, slab: SlabRef, cache: CacheInfo) -> set[int]:
         try:
             return free_indices(self.ctx, cache, slab)

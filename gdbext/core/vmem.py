@@ -4,23 +4,26 @@ from __future__ import annotations
 import struct
 
 from . import paging
-from .memory import PhysicalMemory
+from .memory import PhysicalMemory, read_u64
 
 PAGE_MASK = ~(paging.PAGE_SIZE - 1)
 
 
 class VirtualMemory:
-    """Reads kernel virtual addresses through a page-table walk from CR3, caching translations.
+    """Reads kernel virtual addresses through a page-table walk from CR3.
 
-    Call invalidate() whenever the guest has run: its page tables may have changed. Once the
-    direct map is known (set_direct_map), its addresses translate by arithmetic: every page of
-    RAM is there, also one kmemcheck hid or debug_pagealloc unmapped while it is free.
+    A translation is kept with the leaf entry it came from and used again only while that
+    entry still holds the same value (one 8-byte read instead of a walk): a module reloaded
+    at the same address, a vfree and a new vmalloc there, all rewrite the leaf. Kernel page
+    tables above the leaf are not freed on x86-64, so the leaf is what changes. Once the direct
+    map is known (set_direct_map), its addresses translate by arithmetic: every page of RAM is
+    there, also one kmemcheck hid or debug_pagealloc unmapped while it is free.
     """
 
     def __init__(self, phys: PhysicalMemory, cr3: int):
         self.phys = phys
         self.cr3 = cr3
-        self._pages: dict[int, int] = {}
+        self._pages: dict[int, tuple[int, int, int]] = {}   # page -> (frame, leaf at, leaf)
         self._direct = (0, 0)       # (page_offset_base, bytes of RAM it maps)
 
     def set_direct_map(self, base: int, size: int) -> None:
@@ -36,11 +39,11 @@ class VirtualMemory:
         if 0 <= off < self._direct[1]:
             return off
         page = vaddr & PAGE_MASK
-        base = self._pages.get(page)
-        if base is None:
-            base = paging.translate(self.phys, self.cr3, page).paddr
-            self._pages[page] = base
-        return base + (vaddr - page)
+        known = self._pages.get(page)
+        if known is None or read_u64(self.phys, known[1]) != known[2]:
+            t = paging.translate(self.phys, self.cr3, page)
+            known = self._pages[page] = (t.paddr, t.leaf.paddr, t.leaf.value)
+        return known[0] + (vaddr - page)
 
     def read(self, vaddr: int, size: int) -> bytes:
         out = bytearray()

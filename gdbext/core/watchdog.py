@@ -15,39 +15,31 @@ Everything else counts as progress, an idle guest included.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from typing import Callable
 
 FAULT_LOOP_RATE = 10           # identical faults per second that make a fault loop
 HISTORY = 16
 
 
-@dataclass(frozen=True)
-class FaultRecord:
-    when: float
-    address: int
-    rip: int
-    code: bytes
-    action: str                 # emulated | stepped | verified | allocator | lost | error ...
-    where: str = ""             # rip's symbol
-
-
 class FaultLog:
-    """The last handled faults and how many of each action."""
+    """The last handled faults and how many of each action (emulated, stepped, verified,
+    lost). Kept as tuples: this runs at every tracked access."""
 
     def __init__(self, size: int = HISTORY):
-        self.records: deque[FaultRecord] = deque(maxlen=size)
+        self.records: deque[tuple[float, int, int, bytes, str]] = deque(maxlen=size)
         self.counts: dict[str, int] = {}
 
-    def add(self, record: FaultRecord) -> None:
-        self.records.append(record)
-        self.counts[record.action] = self.counts.get(record.action, 0) + 1
+    def add(self, when: float, address: int, rip: int, code: bytes, action: str) -> None:
+        self.records.append((when, address, rip, code, action))
+        self.counts[action] = self.counts.get(action, 0) + 1
 
-    def render(self, now: float) -> list[str]:
+    def render(self, now: float, name: Callable[[int], str] = lambda pc: "") -> list[str]:
+        """One line per fault, newest last; NAME(pc) names the code (`function+off/len`)."""
         lines = []
-        for r in self.records:
-            where = f" {r.where}" if r.where else ""
-            lines.append(f"  {now - r.when:7.2f} s ago: {r.action:<9} address {r.address:#x} "
-                         f"rip {r.rip:#x}{where} bytes {r.code[:15].hex()}")
+        for when, address, rip, code, action in self.records:
+            where = f" {name(rip)}" if name(rip) else ""
+            lines.append(f"  {now - when:7.2f} s ago: {action:<9} address {address:#x} "
+                         f"rip {rip:#x}{where} bytes {code[:15].hex()}")
         return lines
 
 

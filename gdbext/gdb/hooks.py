@@ -1,8 +1,6 @@
 """Silent internal breakpoints: kmemgdb's way of running host code at a guest location.
 
-Every hook stop first tells ENTERED listeners (caches keyed by guest addresses are dropped
-there: the guest ran since the last stop). An error inside a hook never stops the guest, but it
-is never silent either: it is printed and kept in ERRORS, which `kmem errors` shows and on which
+An error inside a hook never stops the guest, but it is never silent either: it is printed and kept in ERRORS, which `kmem errors` shows and on which
 `kmemgdb run` fails (a checker that failed inside a hook did not check what it claims to).
 """
 from __future__ import annotations
@@ -16,7 +14,6 @@ from . import target
 
 ERRORS: list[str] = []
 TRACEBACKS: list[str] = []      # beside ERRORS: where in kmemgdb each one happened
-ENTERED: list = []              # called with no argument at the start of every hook stop
 RUNNING: list[float | None] = [None]    # monotonic time the running hook started (watchdog)
 
 
@@ -43,8 +40,6 @@ class SilentHook(gdb.Breakpoint):
         target.HOOK_STOPS[0] += 1
         RUNNING[0] = time.monotonic()
         try:
-            for listener in ENTERED:
-                listener()
             return bool(self.action())
         except KeyboardInterrupt:
             if self.interrupted is None:

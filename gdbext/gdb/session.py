@@ -71,15 +71,12 @@ class Session:
         return self._kernel_root
 
     def vmem(self) -> VirtualMemory:
-        """Kernel virtual memory through the kernel's page tables. Translations are cached
-        until the guest runs again (a continue, or any kmemgdb hook stop)."""
+        """Kernel virtual memory through the kernel's page tables (translations checked
+        against their leaf entry at each use)."""
         if self._vmem is None:
             self._vmem = VirtualMemory(self.phys(), self.kernel_root())
         return self._vmem
 
-    def forget_translations(self) -> None:
-        if self._vmem is not None:
-            self._vmem.invalidate()
 
     def hidden_pages(self) -> HiddenPages:
         self.phys()
@@ -138,8 +135,6 @@ def _on_new_objfile(event) -> None:
 
 
 def register_events() -> None:
-    from .hooks import ENTERED
-    ENTERED.append(SESSION.forget_translations)
     gdb.events.cont.connect(SESSION.on_cont)
     gdb.events.exited.connect(SESSION.on_exit)
     gdb.events.new_objfile.connect(_on_new_objfile)

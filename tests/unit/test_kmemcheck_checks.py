@@ -9,7 +9,7 @@ from gdbext.core.hidden import HiddenPages
 from gdbext.core.memory import FakeMemory
 from gdbext.core.stackscan import backtrace, call_before
 from gdbext.core.verify import native_check
-from gdbext.core.watchdog import FAULT_LOOP_RATE, FaultLog, FaultRecord, Watchdog
+from gdbext.core.watchdog import FAULT_LOOP_RATE, FaultLog, Watchdog
 
 from .fakeguest import FakePageTables
 
@@ -132,9 +132,10 @@ def test_watchdog_sees_a_hook_that_does_not_return():
 def test_fault_log_keeps_the_last_and_counts_all():
     log = FaultLog(size=2)
     for i in range(3):
-        log.add(FaultRecord(float(i), 0x1000 + i, 0x2000, b"\x8b\x07", "emulated", "f+0x0/0x3"))
-    lines = log.render(3.0)
+        log.add(float(i), 0x1000 + i, 0x2000, b"\x8b\x07", "emulated")
+    lines = log.render(3.0, lambda pc: "f+0x0/0x3" if pc == 0x2000 else "")
     assert len(lines) == 2 and "0x1002" in lines[-1] and "8b07" in lines[-1]
+    assert "rip 0x2000 f+0x0/0x3" in lines[-1]
     assert log.counts == {"emulated": 3}
 
 

@@ -140,3 +140,16 @@ def test_hide_refuses_large_and_unmapped(pt):
     with pytest.raises(paging.NotMapped):
         hidden.hide(pt.cr3, VMALLOC + (5 << 30))
     assert len(hidden) == 0
+
+
+def test_a_kept_translation_follows_its_leaf(pt):
+    """A module reloaded at the same address maps new frames there: the old translation must
+    not be used (seen: an emulated instruction decoded from the previous module's text)."""
+    from gdbext.core.vmem import VirtualMemory
+    pte_at = pt.map(VMALLOC, 0x7000)
+    pt.mem.write(0x7010, b"old!")
+    pt.mem.write(0x9010, b"new!")
+    vmem = VirtualMemory(pt.mem, pt.cr3)
+    assert vmem.read(VMALLOC + 0x10, 4) == b"old!"
+    pt.mem.write(pte_at, (0x9000 | 0x63).to_bytes(8, "little"))     # unmapped, mapped again
+    assert vmem.read(VMALLOC + 0x10, 4) == b"new!"

@@ -12,6 +12,7 @@ import gdb
 from ...core.kernel import list_modules
 from ...core.kmemcheck import Engine, Finding, KmemcheckError, Options, Scope
 from ..hooks import record_error
+from ..session import SESSION
 from .armed import Armed
 from .faults import Faults
 from .modulescope import ModuleScope
@@ -196,7 +197,12 @@ class Kmemcheck:
         lines.append(f"tracked accesses: {st.faults} ({st.emulated} emulated, {st.stepped} "
                      f"single-stepped, {st.allocator} by the allocator)")
         lines.append("last handled faults (newest last):")
-        lines += armed.log.render(time.monotonic()) or ["  none"]
+        symbolizer = SESSION.symbolizer()
+
+        def name(pc: int) -> str:
+            located = symbolizer.lookup(pc)
+            return str(located) if located else ""
+        lines += armed.log.render(time.monotonic(), name) or ["  none"]
         text = "\n".join(lines)
         record_error(text)
         shown = self.disable()

@@ -34,7 +34,6 @@ from ...core.memory import MemoryError_
 from ...core.render import Painter
 from ...core.kmemcheck_report import render_finding
 from ...core.verify import NativeCheck, native_check
-from ...core.watchdog import FaultRecord
 from .. import settings, target
 from ..hooks import record_error
 from ..session import SESSION
@@ -242,13 +241,11 @@ class Faults:
             gdb.write(render_finding(finding, Painter(settings.color_enabled())) + "\n")
 
     def _log(self, addr: int, regs: dict, code: bytes, action: str) -> None:
-        located = SESSION.symbolizer().lookup(regs["rip"])
         now = time.monotonic()
-        self.armed.log.add(FaultRecord(now, addr, regs["rip"], code, action,
-                                       str(located) if located else ""))
+        self.armed.log.add(now, addr, regs["rip"], code, action)
         watch = self.armed.watch
         if watch is not None:
-            watch.fault(now, (addr, tuple(sorted(regs.items()))))
+            watch.fault(now, (addr, *regs.values()))     # the registers, in pt_regs order
 
     # -- stops that are not hook stops ---------------------------------------------------------
     def landed(self, pc: int) -> None:
