@@ -26,7 +26,7 @@ import gdb
 
 from ...core import paging, ptregs
 from ...core.codescan import RETURN_ONE
-from ...core.heap.context import PAGE_SIZE
+from ...core.heap.context import PAGE_SIZE, STRUCT_PAGE_SIZE
 from ...core.inflight import STACK_BYTES, FaultPath
 from ...core.kmemcheck import FaultOutcome, Finding, KmemcheckError
 from ...core.lifetimes import LARGE, Region
@@ -122,7 +122,7 @@ class Faults:
 
     def _pages_in_use(self, region: Region) -> bool:
         ctx = self.armed.ctx
-        head = ctx.vmemmap + ctx.direct_paddr(region.start) // PAGE_SIZE * 64
+        head = ctx.vmemmap + ctx.direct_paddr(region.start) // PAGE_SIZE * STRUCT_PAGE_SIZE
         refcount = ctx.u64(head + ctx.layout.off("page._refcount")) & 0xFFFFFFFF
         return refcount != 0
 
