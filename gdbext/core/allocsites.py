@@ -21,8 +21,6 @@ from typing import Callable
 from .shadow import FREED, INITIALIZED, UNALLOCATED, UNINITIALIZED
 
 GFP_ZERO = 0x100                     # ___GFP_ZERO (include/linux/gfp_types.h, 6.1)
-CALL_REL32 = 0xE8
-CALL_LENGTH = 5
 MEMDUP, MEMDUP_NUL, STRDUP, STRNDUP, REALLOC = "memdup", "memdup_nul", "strdup", "strndup", "realloc"
 STRING_LIMIT = 1 << 20               # bytes a kstrdup source is searched for its NUL
 
@@ -81,14 +79,6 @@ HELPERS = {h.name: h for h in _HELPERS}
 # align, flags, useroffset, usersize, ctor): the name and constructor a module gives its cache.
 # STACK: the 7th argument is at [rsp] at the call instruction.
 CACHE_CREATORS = {"kmem_cache_create": "r8", "kmem_cache_create_usercopy": "stack"}
-
-
-def call_target(code: bytes, site: int) -> int | None:
-    """Where the `call rel32` at SITE (CODE: its bytes, at least 5) goes; None if it is not one."""
-    if len(code) < CALL_LENGTH or code[0] != CALL_REL32:
-        return None
-    rel = int.from_bytes(code[1:5], "little", signed=True)
-    return (site + CALL_LENGTH + rel) & ((1 << 64) - 1)
 
 
 def string_length(read: Callable[[int, int], bytes], addr: int, limit: int) -> int:

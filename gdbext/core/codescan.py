@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 CALL_REL32 = 0xE8
+CALL_LENGTH = 5
 # `mov eax, 1; ret`: jumping here from a function's first instruction makes it return 1.
 RETURN_ONE = bytes.fromhex("b801000000c3")
 
@@ -20,6 +21,14 @@ def call_sites(code: bytes, base: int, target: int) -> list[int]:
     rel = np.where(rel >= 1 << 31, rel - (1 << 32), rel)
     wanted = np.int64(target - base - 5)
     return [base + int(p) for p in pos[(pos.astype(np.int64) + rel) == wanted]]
+
+
+def call_target(code: bytes, site: int) -> int | None:
+    """Where the `call rel32` at SITE (CODE: its bytes, at least 5) goes; None if it is not one."""
+    if len(code) < CALL_LENGTH or code[0] != CALL_REL32:
+        return None
+    rel = int.from_bytes(code[1:5], "little", signed=True)
+    return (site + CALL_LENGTH + rel) & ((1 << 64) - 1)
 
 
 def find_bytes(code: bytes, base: int, pattern: bytes) -> int | None:

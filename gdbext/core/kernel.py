@@ -143,13 +143,25 @@ def module_info(mem: VirtualMemory, layout: KernelLayout, mod: int) -> ModuleInf
                       mem.u32(mod + layout.off("module.core_layout.size")))
 
 
+def _module_areas(mem: VirtualMemory, layout: KernelLayout, mod: int):
+    """(is_init, base, size, text_size) of the core and init areas of struct module * MOD
+    (6.1: core_layout and init_layout; text first in each)."""
+    for part, init in (("core_layout", False), ("init_layout", True)):
+        yield (init, mem.u64(mod + layout.off(f"module.{part}.base")),
+               mem.u32(mod + layout.off(f"module.{part}.size")),
+               mem.u32(mod + layout.off(f"module.{part}.text_size")))
+
+
 def module_ranges(mem: VirtualMemory, layout: KernelLayout, mod: int) -> list[tuple[int, int]]:
-    """[start, end) of the core and init areas of struct module * MOD (6.1 layouts)."""
-    out = []
-    for part in ("core_layout", "init_layout"):
-        base = mem.u64(mod + layout.off(f"module.{part}.base"))
-        out.append((base, base + mem.u32(mod + layout.off(f"module.{part}.size"))))
-    return out
+    """[start, end) of the core and init areas of struct module * MOD."""
+    return [(base, base + size) for _init, base, size, _text in _module_areas(mem, layout, mod)]
+
+
+def module_text(mem: VirtualMemory, layout: KernelLayout, mod: int) -> list[tuple[int, int, bool]]:
+    """(start, size, is_init) of the text of struct module * MOD that is there now (the
+    kernel clears init_layout when it frees the init text)."""
+    return [(base, text, init) for init, base, _size, text in _module_areas(mem, layout, mod)
+            if base and text]
 
 
 def module_sections(mem: VirtualMemory, layout: KernelLayout, mod: int) -> dict[str, int]:

@@ -234,8 +234,8 @@ class Engine:
     def returned(self, call: PendingCall, p: int, region: Region) -> TrackedObject | None:
         """CALL returned P, which lies in REGION (tracked by now): the object's lifetime, with
         the bytes its helper's contract put there."""
-        if call.helper.copy == REALLOC and p == call.args[call.helper.src] or \
-                call.helper.may_return_src and p == call.args[call.helper.src]:
+        if (call.helper.copy == REALLOC or call.helper.may_return_src) \
+                and p == call.args[call.helper.src]:
             self.heap.settle_call(call.id, None)
             return self.heap.object_at(p)[0]           # the same object: nothing new
         slot = region.slot(p)

@@ -291,7 +291,3 @@ class Lifetimes:
     # -- inspection ------------------------------------------------------------------------
     def live_objects(self) -> int:
         return sum(1 for o in self.objects.values() if o.alive)
-
-    def scoped_live_on(self, region: Region) -> bool:
-        return any(o is not None and o.alive and o.scoped
-                   for o in map(self.objects.get, region.slot_starts()))

@@ -54,10 +54,6 @@ class Shadow:
             self.pages.pop(page, None)
             self.origins.pop(page, None)
 
-    def clear(self) -> None:
-        self.pages.clear()
-        self.origins.clear()
-
     def tracked(self, addr: int) -> bool:
         return (addr & ~(self.page_size - 1)) in self.pages
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Callable
 
-from .allocsites import call_target
+from .codescan import call_target
 
 MAX_FRAMES = 16
 # Lengths of `call` encodings: e8 rel32 (5), ff /2 with each addressing form (2, 3, 6, 7; 4

@@ -3,7 +3,8 @@
 known, objects born inside the call, quarantine of freed objects, constructor caches."""
 import pytest
 
-from gdbext.core.allocsites import HELPERS, PendingCalls, call_target, string_length
+from gdbext.core.allocsites import HELPERS, PendingCalls, string_length
+from gdbext.core.codescan import call_target
 from gdbext.core.lifetimes import LARGE, QUARANTINE
 from gdbext.core.shadow import INITIALIZED, UNINITIALIZED
 

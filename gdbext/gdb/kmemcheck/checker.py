@@ -9,7 +9,6 @@ import time
 
 import gdb
 
-from ...core.kernel import list_modules
 from ...core.kmemcheck import Engine, Finding, KmemcheckError, Options, Scope
 from ..hooks import record_error
 from ..session import SESSION
@@ -130,11 +129,7 @@ class Kmemcheck:
         if armed is None or armed.off:
             return 0
         armed.faults.drain_in_flight()
-        for mod in list_modules(armed.ctx.vmem, armed.ctx.layout):
-            if mod.name in self.scope.modules:
-                armed.modules.arm_module(mod.name, mod.address)
-        for name in {s.module for s in armed.modules.sites.values() if s.module} - self.scope.modules:
-            armed.modules.disarm_module(name)
+        armed.modules.follow_scope()
         caches = armed.slabs.tracked_caches()
         known = set()
         for region in {r.start: r for r in armed.engine.heap.regions.values()}.values():

@@ -299,12 +299,8 @@ class Faults:
         cr2 = target.register("cr2")
         if (cr2 & ~(PAGE_SIZE - 1)) not in self.armed.pages.pages:
             return False
-        return self.fault_path.may_be_in_flight(target.register("rip"),
-                                                self._stack(target.register("rsp")))
-
-    def _stack(self, rsp: int) -> bytes:
-        """Up to STACK_BYTES at RSP, ending early at an unmapped page (the stack's top guard)."""
-        return read_stack(self.engine.memory, rsp, STACK_BYTES)
+        stack = read_stack(self.engine.memory, target.register("rsp"), STACK_BYTES)
+        return self.fault_path.may_be_in_flight(target.register("rip"), stack)
 
 
 def read_stack(memory, rsp: int, limit: int) -> bytes:

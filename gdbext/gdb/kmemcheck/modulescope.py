@@ -17,12 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...core.allocsites import (CACHE_CREATORS, HELPERS, MEMDUP, MEMDUP_NUL, REALLOC,
-                                STRDUP, STRING_LIMIT, STRNDUP, PendingCall, call_target,
-                                string_length)
-from ...core.codescan import call_sites
+                                STRDUP, STRING_LIMIT, STRNDUP, PendingCall, string_length)
+from ...core.codescan import call_sites, call_target
 from ...core.heap.context import PAGE_SIZE
 from ...core.heap.slub import slab_at
-from ...core.kernel import list_modules
+from ...core.kernel import list_modules, module_text
 from ...core.lifetimes import LARGE, VMALLOC, Region
 from ...core.stackscan import backtrace
 from .. import target
@@ -66,9 +65,7 @@ class ModuleScope:
         self.creating: dict[int, tuple[int, str, str, int]] = {}  # rsp -> (site, module, name, ctor)
         MODULES.load_listeners.append(self.on_module_load)
         MODULES.unload_listeners.append(self.on_module_unload)
-        for mod in list_modules(self.ctx.vmem, self.ctx.layout):
-            if mod.name in armed.checker.scope.modules:
-                self.arm_module(mod.name, mod.address)
+        self.follow_scope()
 
     def detach(self) -> None:
         for listeners, fn in ((MODULES.load_listeners, self.on_module_load),
@@ -81,23 +78,12 @@ class ModuleScope:
         return alias is not None and alias.own
 
     # -- arming --------------------------------------------------------------------------------
-    def module_text(self, mod: int) -> list[tuple[int, int, bool]]:
-        """(start, size, is_init) of the core and init text of struct module * MOD (6.1)."""
-        lay, mem = self.ctx.layout, self.ctx.vmem
-        out = []
-        for part, init in (("core_layout", False), ("init_layout", True)):
-            base = mem.u64(mod + lay.off(f"module.{part}.base"))
-            size = mem.u32(mod + lay.off(f"module.{part}.text_size"))
-            if base and size:
-                out.append((base, size, init))
-        return out
-
     def arm_module(self, name: str, mod: int) -> int:
         """Hook each call the module's text makes to a helper or a cache creator, and the
         instruction after it. Returns the calls hooked."""
         calls = 0
         wanted = set(self.helpers) | set(self.creators)
-        for base, size, init in self.module_text(mod):
+        for base, size, init in module_text(self.ctx.vmem, self.ctx.layout, mod):
             code = self.ctx.vmem.read(base, size)
             for target_addr in wanted:
                 for site in call_sites(code, base, target_addr):
@@ -113,6 +99,15 @@ class ModuleScope:
             return
         hook = self.armed.hook(f"*{addr:#x}", lambda: self.on_site(addr), "module call")
         self.sites[addr] = Site(hook, name, mod, init)
+
+    def follow_scope(self) -> None:
+        """Hook the loaded modules of the scope, unhook those no longer in it."""
+        scope = self.armed.checker.scope.modules
+        for mod in list_modules(self.ctx.vmem, self.ctx.layout):
+            if mod.name in scope:
+                self.arm_module(mod.name, mod.address)
+        for name in {s.module for s in self.sites.values() if s.module} - scope:
+            self.disarm_module(name)
 
     def disarm_module(self, name: str) -> None:
         for site in self.sites.values():
@@ -142,11 +137,9 @@ class ModuleScope:
     def _live(self, addr: int, site: Site) -> bool:
         if site.module is None:
             return False
-        if not site.init:
-            return True
-        base = self.ctx.vmem.u64(site.mod + self.ctx.layout.off("module.init_layout.base"))
-        size = self.ctx.vmem.u32(site.mod + self.ctx.layout.off("module.init_layout.text_size"))
-        return base <= addr < base + size
+        return not site.init or any(
+            init and base <= addr < base + size
+            for base, size, init in module_text(self.ctx.vmem, self.ctx.layout, site.mod))
 
     def on_site(self, addr: int) -> bool:
         site = self.sites.get(addr)
