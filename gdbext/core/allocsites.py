@@ -199,3 +199,22 @@ class PendingCalls:
 
     def __len__(self) -> int:
         return len(self.calls)
+
+
+@dataclass
+class FailurePlan:
+    """Make the NTH allocation call (1-based, counted over every helper in HELPERS) that code
+    of MODULE makes fail, as if the allocator had returned NULL: error paths on demand."""
+    module: str
+    nth: int
+    calls: int = 0
+    injected: dict | None = None      # the call that was made to fail
+
+    def count(self) -> bool:
+        """One more allocation call by the module: True when it is the one to fail."""
+        self.calls += 1
+        return self.calls == self.nth
+
+    def to_json(self) -> dict:
+        return {"module": self.module, "nth": self.nth, "calls": self.calls,
+                "injected": self.injected}

@@ -94,6 +94,63 @@ def render_report(leaks: list[Leak], paint: Painter, notes: list[str]) -> str:
 
 
 @dataclass
+class HeapEvent:
+    """An allocation or free SLUB recorded for an object (slub_debug=U)."""
+    pid: int | None = None
+    comm: str | None = None
+    jiffies: int | None = None
+    age: float | None = None
+    backtrace: list[Frame] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"pid": self.pid, "comm": self.comm, "jiffies": self.jiffies, "age": self.age,
+                "backtrace": [f.to_json() for f in self.backtrace]}
+
+    @classmethod
+    def from_json(cls, doc: dict | None) -> "HeapEvent | None":
+        if doc is None:
+            return None
+        return cls(doc["pid"], doc["comm"], doc["jiffies"], doc["age"],
+                   [Frame(**f) for f in doc["backtrace"]])
+
+
+@dataclass
+class HeapFinding:
+    """A bug the heap walk saw in the allocator's own state: a double free, a corrupted
+    freelist. Its slab's objects are then never reported as leaks."""
+    kind: str                      # double free | corrupted freelist | heap walk error
+    what: str
+    cache: str | None = None
+    address: int | None = None     # the object freed twice / whose free pointer is bad
+    alloc: HeapEvent | None = None
+    free: HeapEvent | None = None
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "what": self.what, "cache": self.cache, "address": self.address,
+                "alloc": self.alloc.to_json() if self.alloc else None,
+                "free": self.free.to_json() if self.free else None}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "HeapFinding":
+        return cls(doc["kind"], doc["what"], doc["cache"], doc["address"],
+                   HeapEvent.from_json(doc["alloc"]), HeapEvent.from_json(doc["free"]))
+
+
+def render_heap_finding(finding: HeapFinding, paint: Painter) -> str:
+    where = f" object {finding.address:#x}" if finding.address is not None else ""
+    cache = f" in cache {finding.cache}" if finding.cache else ""
+    lines = [paint("red", f"{finding.kind}:{where}{cache}"), f"  {finding.what}"]
+    for label, event in (("last allocated", finding.alloc), ("last freed", finding.free)):
+        if event is None:
+            continue
+        age = f" (age {event.age:.3f}s)" if event.age is not None else ""
+        lines.append(f'  {label} by comm "{event.comm or "?"}", pid '
+                     f'{event.pid if event.pid is not None else "?"}{age}:')
+        lines.append(render_frames(event.backtrace, "    ") if event.backtrace else "    (no backtrace)")
+    return "\n".join(lines)
+
+
+@dataclass
 class Suppression:
     """A leak is suppressed when every given field matches (globs for function and cache)."""
     function: str | None = None   # matched against every backtrace frame's function name

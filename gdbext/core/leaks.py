@@ -129,6 +129,8 @@ def collect_edges(ctx: GuestContext, heap: Heap, roots: list[Root], registers: l
                   pages: PageStructs | None = None) -> Edges:
     """Root ids: 0..len(roots)-1 the regions, then the vCPU registers, then struct pages."""
     scannable = heap.scannable()
+    whole = scannable.copy()          # scanned whole; objects with scan areas only there
+    whole[list(heap.scan_areas)] = False
     col = EdgeCollector(heap)
     for k, root in enumerate(roots):
         col.add_region(root_id(k), root.vaddr, ctx.words(root.vaddr, root.size))
@@ -136,15 +138,20 @@ def collect_edges(ctx: GuestContext, heap: Heap, roots: list[Root], registers: l
     if pages is not None:
         col.add_rows(root_id(len(roots) + 1), ctx.vmemmap, pages.memmap, pages.pfns)
     for group, rows in heap.groups:
-        col.add_slab_group(ctx, group, rows, scannable)
+        col.add_slab_group(ctx, group, rows, whole)
     slab_rows = np.zeros(len(heap), bool)
     for _, rows in heap.groups:
         slab_rows[rows[rows >= 0]] = True
-    for i in np.nonzero(~slab_rows & scannable)[0].tolist():
+    for i in np.nonzero(~slab_rows & whole)[0].tolist():
         start, skip = int(heap.start[i]), int(heap.scan_from[i])
         size = int(heap.size[i]) - skip
         if size > 0:
             col.add_region(i, start + skip, ctx.words(start + skip, size & ~7))
+    for i, areas in heap.scan_areas.items():
+        for addr, size in areas:
+            first = (addr + 7) & ~7
+            if scannable[i] and addr + size - first >= 8:
+                col.add_region(i, first, ctx.words(first, (addr + size - first) & ~7))
     return col.edges()
 
 

@@ -9,6 +9,7 @@ from .heap.model import MIN_COUNT_BLACK, MIN_COUNT_GRAY, Heap
 from .leakreport import Leak, Suppression
 
 NOT_LEAK, IGNORE, NO_SCAN, FREE_PART = "not_leak", "ignore", "no_scan", "free_part"
+SCAN_AREA, UPDATE_TRACE = "scan_area", "update_trace"
 AGE_RULE_SECONDS = 5.0
 
 Identity = tuple[int, int, str, int]
@@ -21,20 +22,31 @@ def identity(leak: Leak) -> Identity:
 
 @dataclass
 class Annotations:
-    """kmemleak_* calls the guest made, keyed by the object start they named."""
+    """kmemleak_* calls the guest made. Marks are keyed by the object start they named (kmemleak
+    honours exact starts only); scan areas and updated traces by the address passed, which
+    may be inside the object."""
     calls: dict[int, str] = field(default_factory=dict)
+    areas: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    traces: dict[int, list[int]] = field(default_factory=dict)
 
-    def record(self, kind: str, ptr: int, size: int = 0) -> None:
-        if ptr:
+    def record(self, kind: str, ptr: int, size: int = 0, trace: list[int] | None = None) -> None:
+        """One call: kmemleak_KIND(ptr[, size]); TRACE is the caller's stack for update_trace."""
+        if not ptr:
+            return
+        if kind == SCAN_AREA:
+            self.areas.setdefault(ptr, []).append((ptr, size))
+        elif kind == UPDATE_TRACE:
+            self.traces[ptr] = list(trace or [])
+        else:
             self.calls[ptr] = kind
 
     def apply(self, heap: Heap) -> None:
-        """Set min_count and scanning of annotated objects; forget annotations whose object is
-        gone (freed since)."""
+        """Set min_count, scanning and scan areas of annotated objects; forget annotations
+        whose object is gone (freed since)."""
         for ptr, kind in list(self.calls.items()):
             i = heap.find(ptr)
             if i is None or int(heap.start[i]) != ptr:
-                del self.calls[ptr]      # kmemleak also only honours exact object starts
+                del self.calls[ptr]
                 continue
             if kind == NOT_LEAK:
                 heap.min_count[i] = MIN_COUNT_GRAY
@@ -42,6 +54,21 @@ class Annotations:
                 heap.min_count[i] = MIN_COUNT_BLACK
             elif kind == NO_SCAN:
                 heap.no_scan[i] = True
+        for ptr, areas in list(self.areas.items()):
+            i = heap.find(ptr)
+            if i is None:
+                del self.areas[ptr]
+                continue
+            end = int(heap.start[i]) + int(heap.size[i])
+            heap.scan_areas.setdefault(i, []).extend((a, min(end, a + n) - a) for a, n in areas)
+        for ptr in list(self.traces):
+            if heap.find(ptr) is None:
+                del self.traces[ptr]
+
+    def trace_of(self, heap: Heap, i: int) -> list[int] | None:
+        """The stack kmemleak_update_trace() recorded for object I, if any."""
+        start, end = int(heap.start[i]), int(heap.start[i]) + int(heap.size[i])
+        return next((t for p, t in self.traces.items() if start <= p < end), None)
 
 
 @dataclass

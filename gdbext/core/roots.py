@@ -47,9 +47,23 @@ def tasks(ctx: GuestContext) -> list[tuple[int, int, str]]:
         signal = ctx.u64(proc + lay.off("task_struct.signal"))
         threads = _list(ctx, signal + lay.off("signal_struct.thread_head"), "task_struct.thread_node")
         for t in threads or [proc]:
-            out.append((t, mem.u32(t + lay.off("task_struct.pid")),
-                        mem.cstr(t + lay.off("task_struct.comm"), 16)))
+            out.append((t, *task_identity(mem, lay, t)))
     return out
+
+
+def current_task(vmem, layout, gs_base: int) -> int:
+    """The struct task_struct * running on the CPU whose kernel GS base is GS_BASE."""
+    if layout.has_sym("current_task"):       # 6.1: DEFINE_PER_CPU(struct task_struct *, current_task)
+        var = layout.sym("current_task")
+    else:                                    # 6.2+: struct pcpu_hot pcpu_hot, .current_task
+        var = layout.sym("pcpu_hot") + layout.off("pcpu_hot.current_task")
+    return vmem.u64((gs_base + var) & (1 << 64) - 1)
+
+
+def task_identity(vmem, layout, task: int) -> tuple[int, str]:
+    """(pid, comm) of one struct task_struct *."""
+    return (vmem.u32(task + layout.off("task_struct.pid")),
+            vmem.cstr(task + layout.off("task_struct.comm"), 16))
 
 
 def _list(ctx: GuestContext, head: int, link: str) -> list[int]:

@@ -10,36 +10,64 @@ import gdb
 from ..core import leaks as L
 from ..core import roots as R
 from ..core.heap.context import GuestContext
-from ..core.heap.model import KIND_NAMES, Heap, Track
-from ..core.heap.tracks import read_alloc_track, tracks_enabled
+from ..core.heap.model import KIND_NAMES, Heap
+from ..core.heap.model import CacheInfo, HeapError
+from ..core.heap.context import PAGE_SIZE
+from ..core.heap.pageowner import PageOwner, page_owner
+from ..core.heap.tracks import ALLOC, FREE, read_track, tracks_enabled
 from ..core.heap.walk import Snapshot, walk_heap
 from ..core.kernel import list_modules
 from ..core.percpu import first_chunk_area, percpu_roots
-from ..core.leakreport import Leak
-from ..core.leakstate import FREE_PART, IGNORE, NO_SCAN, NOT_LEAK, Annotations, LeakState
+from ..core.leakreport import HeapEvent, HeapFinding, Leak
+from ..core.leakstate import (FREE_PART, IGNORE, NO_SCAN, NOT_LEAK, SCAN_AREA, UPDATE_TRACE,
+                              Annotations, LeakState)
+from ..core.memory import MemoryError_
+from ..core.paging import PagingError
+from ..core.roots import current_task, task_identity
 from . import target
+from .callsites import Call, CallWatch
+from .callstack import stack_backtrace
+from .hooks import SilentHook
+from .session import SESSION
 from .heapctx import guest_context, vcpu_registers
 from .symbolize import frame_for
 
 ANNOTATIONS = {"kmemleak_not_leak": NOT_LEAK, "kmemleak_ignore": IGNORE,
-               "kmemleak_no_scan": NO_SCAN, "kmemleak_free_part": FREE_PART}
+               "kmemleak_no_scan": NO_SCAN, "kmemleak_free_part": FREE_PART,
+               "kmemleak_scan_area": SCAN_AREA, "kmemleak_update_trace": UPDATE_TRACE}
+# Kernel callers whose annotation is applied as a rule (slub.SCAN_FROM_MEMBER): a hook there
+# would stop the guest on every vmalloc.
+RULED_CALLERS = frozenset({"alloc_vmap_area"})
+NO_ANNOTATIONS = ("this kernel has no kmemleak annotations to watch (CONFIG_DEBUG_KMEMLEAK is "
+                  "off): objects its code marks with kmemleak_not_leak() or kmemleak_ignore() "
+                  "may be reported")
 
 
-class _AnnotationHook(gdb.Breakpoint):
-    """Silent breakpoint at a kmemleak_* entry: record (ptr) and let the guest go on.
-    These calls are rare (module loads, a few init paths), so the stops are too."""
+class ExitedTasks:
+    """pid -> comm of the tasks that exited while kmemgdb watched. SLUB's track keeps only a
+    pid, and the task that leaked is often gone by the scan (every insmod). One stop per task
+    exit, at do_exit (kernel/exit.c: process teardown, no hot path on its page)."""
 
-    def __init__(self, function: str, kind: str, annotations: Annotations):
-        super().__init__(f"*{function}", internal=True)
-        self.silent = True
-        self.kind = kind
-        self.annotations = annotations
+    def __init__(self):
+        self.names: dict[int, str] = {}
+        self.hook: SilentHook | None = None
 
-    def stop(self) -> bool:
-        frame = gdb.newest_frame()
-        target.HOOK_STOPS[0] += 1
-        self.annotations.record(self.kind, int(frame.read_register("rdi")) & (1 << 64) - 1,
-                                int(frame.read_register("rsi")) & (1 << 64) - 1)
+    def install(self) -> None:
+        if self.hook is None:
+            try:
+                self.hook = SilentHook("*do_exit", self._record, "task names")
+            except gdb.error:
+                pass
+
+    def remove(self) -> None:
+        if self.hook is not None and self.hook.is_valid():
+            self.hook.delete()
+        self.hook = None
+
+    def _record(self) -> bool:
+        vmem, layout = SESSION.vmem(), SESSION.layout()
+        pid, comm = task_identity(vmem, layout, current_task(vmem, layout, target.register("gs_base")))
+        self.names[pid] = comm
         return False
 
 
@@ -51,6 +79,7 @@ class ScanOutcome:
     leaks: list[Leak]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    heap_findings: list[HeapFinding] = field(default_factory=list)
 
 
 class Kmemleak:
@@ -60,22 +89,39 @@ class Kmemleak:
         self.stack_scan = True
         self.state = LeakState()
         self.annotations = Annotations()
-        self.hooks: list[_AnnotationHook] = []
+        self.watch: CallWatch | None = None
+        self.exited = ExitedTasks()
         self.last: ScanOutcome | None = None
 
+    @property
+    def hooks(self) -> bool:
+        return self.watch is not None
+
     def install_hooks(self) -> None:
-        if self.hooks:
-            return
-        for function, kind in ANNOTATIONS.items():
-            try:
-                self.hooks.append(_AnnotationHook(function, kind, self.annotations))
-            except gdb.error:
-                pass       # kernels without CONFIG_DEBUG_KMEMLEAK inline these away
+        """Watch the annotation calls of vmlinux and of every module, at the call sites."""
+        self.exited.install()
+        if self.watch is None:
+            self.watch = CallWatch("kmemleak annotation", ANNOTATIONS, self._annotated,
+                                   skip_callers=RULED_CALLERS)
+            self.watch.install()
 
     def remove_hooks(self) -> None:
-        for hook in self.hooks:
-            hook.delete()
-        self.hooks = []
+        self.exited.remove()
+        if self.watch is not None:
+            self.watch.remove()
+            self.watch = None
+
+    def _annotated(self, call: Call) -> bool:
+        kind = ANNOTATIONS[call.function]
+        trace = None
+        if kind == UPDATE_TRACE:        # the stack above a tail call's return address
+            trace = stack_backtrace(call.returns_to, call.regs["rsp"] + 8 * call.tail)
+        self.annotations.record(kind, call.regs["rdi"], call.regs["rsi"], trace)
+        return False
+
+    def annotation_note(self) -> list[str]:
+        table = SESSION.symbolizer().kernel
+        return [] if any(n in table.by_name for n in ANNOTATIONS) else [NO_ANNOTATIONS]
 
     # -- scanning ---------------------------------------------------------------------------
     def scan(self) -> ScanOutcome:
@@ -93,13 +139,15 @@ class Kmemleak:
             roots += R.stack_roots(ctx, task_list)
         pages = L.PageStructs(snap.memmap, R.page_struct_rows(ctx, snap.memmap))
         result = L.scan(ctx, heap, roots, vcpu_registers(), pages)
-        leaks = self._leaks(Describer(ctx, heap, task_list), result)
+        describe = Describer(ctx, heap, task_list, self.exited.names, self.annotations)
+        leaks = self._leaks(describe, result)
         seconds = time.perf_counter() - start
         outcome = ScanOutcome(snap, result, L.root_names(roots), leaks, seconds)
+        outcome.notes += self.annotation_note()
         if not any(tracks_enabled(c) for c in heap.caches):
             outcome.notes.append("no SLUB user tracking in this guest: boot it with slub_debug=U "
                                  "for allocation backtraces, pid and age of slab objects")
-        outcome.notes += [f"heap walk: {e}" for e in heap.errors]
+        outcome.heap_findings = [describe.heap_finding(e) for e in heap.errors]
         self.state.observe(leaks)
         self.last = outcome
         return outcome
@@ -140,13 +188,43 @@ def jiffies_now(ctx: GuestContext) -> int:
 class Describer:
     """Turns heap rows into Leak records: contents, allocation track, backtrace, task."""
 
-    def __init__(self, ctx: GuestContext, heap: Heap, task_list: list[R.Task] | None = None):
-        self.ctx, self.heap = ctx, heap
+    def __init__(self, ctx: GuestContext, heap: Heap, task_list: list[R.Task] | None = None,
+                 exited: dict[int, str] | None = None, annotations: Annotations | None = None):
+        self.ctx, self.heap, self.annotations = ctx, heap, annotations
         self.jiffies = jiffies_now(ctx)
         lay = ctx.layout
         tick_nsec = ctx.vmem.u64(lay.sym("tick_nsec")) if lay.has_sym("tick_nsec") else 0
         self.hz = round(1e9 / tick_nsec) if tick_nsec else 0     # tick_nsec = NSEC_PER_SEC / HZ
-        self.comms = {pid: comm for _, pid, comm in (R.tasks(ctx) if task_list is None else task_list)}
+        live = R.tasks(ctx) if task_list is None else task_list
+        self.comms = {**(exited or {}), **{pid: comm for _, pid, comm in live}}
+
+    def track(self, cache: CacheInfo, obj: int, which: int) -> dict:
+        """One SLUB track (ALLOC or FREE) of OBJ as report fields; {} when none."""
+        track = read_track(self.ctx, cache, obj, which)
+        if track is None:
+            return {}
+        age = ((self.jiffies - track.when) & (1 << 64) - 1) / self.hz if self.hz else None
+        return {"pid": track.pid, "comm": self.comms.get(track.pid), "jiffies": track.when,
+                "age": age, "backtrace": [frame_for(pc) for pc in (track.stack or [track.addr])]}
+
+    def page_owner(self, addr: int) -> PageOwner | None:
+        """page_owner's record of the first page of a large kmalloc or vmalloc area."""
+        try:
+            return page_owner(self.ctx, self.ctx.vmem.to_phys(addr) // PAGE_SIZE)
+        except (PagingError, MemoryError_):
+            return None
+
+    def event(self, cache: CacheInfo, obj: int, which: int) -> HeapEvent | None:
+        track = self.track(cache, obj, which)
+        return HeapEvent(**track) if track else None
+
+    def heap_finding(self, error: HeapError) -> HeapFinding:
+        finding = HeapFinding(error.kind, error.what, error.cache, error.object)
+        cache = next((c for c in self.heap.caches if c.name == error.cache), None)
+        if cache is not None and error.object is not None:
+            finding.alloc = self.event(cache, error.object, ALLOC)
+            finding.free = self.event(cache, error.object, FREE)
+        return finding
 
     def __call__(self, i: int, kind: str, owner: int | None) -> Leak:
         heap, ctx = self.heap, self.ctx
@@ -155,14 +233,19 @@ class Describer:
         leak = Leak(start, size, kind, KIND_NAMES[int(heap.kind[i])], cache.name if cache else None,
                     ctx.vmem.read(start, min(32, size)), owner=owner)
         extra = heap.extra.get(i)
-        track: Track | None = read_alloc_track(ctx, cache, start) if cache else None
+        track = self.track(cache, start, ALLOC) if cache else {}
+        owner = None if cache else self.page_owner(start)
         if track:
-            leak.pid, leak.jiffies = track.pid, track.when
-            leak.comm = self.comms.get(track.pid)
-            leak.age = ((self.jiffies - track.when) & (1 << 64) - 1) / self.hz if self.hz else None
-            leak.backtrace = [frame_for(pc) for pc in (track.stack or [track.addr])]
+            leak.pid, leak.comm, leak.jiffies, leak.age = (track[k] for k in ("pid", "comm", "jiffies", "age"))
+            leak.backtrace = track["backtrace"]
+        elif owner:
+            leak.pid, leak.comm = owner.pid, owner.comm
+            leak.backtrace = [frame_for(pc) for pc in owner.stack]
         elif extra and extra.caller:
             leak.backtrace = [frame_for(extra.caller)]
+        updated = self.annotations.trace_of(heap, i) if self.annotations else None
+        if updated:
+            leak.backtrace = [frame_for(pc) for pc in updated]
         return leak
 
 

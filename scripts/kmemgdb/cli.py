@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from .errors import KmemgdbError
-from .run import LAB_ERRORS, KmemcheckSpec, RunOptions, Step, run
+from .run import LAB_ERRORS, KmemcheckSpec, RunOptions, Step, parse_fail_alloc, run, sweep
 
 class UsageError(KmemgdbError):
     pass
@@ -27,8 +28,12 @@ class _StepAction(argparse.Action):
     def __call__(self, parser, namespace, value, option_string=None):
         steps = getattr(namespace, "steps", None) or []
         if self.dest == "insmod":
-            path = Path(value).resolve() if "/" in value or value.endswith(".ko") else Path(value)
-            steps.append(Step("insmod", f"insmod /modules/{path.name}", str(path)))
+            words = shlex.split(value)
+            if not words:
+                raise UsageError("--insmod: expected a .ko file or module name")
+            name, params = words[0], words[1:]
+            path = Path(name).resolve() if "/" in name or name.endswith(".ko") else Path(name)
+            steps.append(Step("insmod", "", str(path), shlex.join(params)))
             namespace.modules = (getattr(namespace, "modules", None) or []) + [path]
         else:
             steps.append(Step("exec", value, value))
@@ -47,13 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument("dir", type=Path)
 
     r = sub.add_parser("run", help="boot the guest under gdb, run steps, report")
-    r.add_argument("--insmod", metavar="KO", action=_StepAction, help="load a module (repeatable)")
+    r.add_argument("--insmod", metavar="KO", action=_StepAction,
+                   help="load a module (repeatable); parameters may follow: 'my.ko debug=1'")
     r.add_argument("--exec", metavar="CMD", action=_StepAction, help="guest shell command (repeatable)")
     r.add_argument("--kmemleak", action="store_true", help="host-side leak check")
+    r.add_argument("--no-backtraces", dest="backtraces", action="store_false",
+                   help="with --kmemleak: no SLUB user tracking (slub_debug=U, on by default: "
+                        "allocation backtraces, pid and age of slab leaks, caches kept unmerged)")
     r.add_argument("--kmemcheck", metavar="SPEC",
                    help="host-side uninitialized-read check: comma-separated cache:NAME, "
                         "module:NAME, all, notrack:NAME, oneshot, verify, partial-ok=off, "
                         "bitfield-ok=off, watchdog=SECONDS")
+    fail = r.add_mutually_exclusive_group()
+    fail.add_argument("--fail-alloc", metavar="module:NAME,nth=N",
+                      help="make the Nth allocation the module makes fail (returns NULL)")
+    fail.add_argument("--fail-alloc-sweep", metavar="module:NAME",
+                      help="one run per N = 1, 2, ... with the module's Nth allocation failing, "
+                           "until it makes fewer than N; reports leaks and oopses per N")
     r.add_argument("--json", type=Path, metavar="FILE", help="write the JSON report here")
     r.add_argument("--timeout", type=float, default=600, metavar="SECONDS")
     r.add_argument("--reference-kmemleak", action="store_true",
@@ -124,13 +139,54 @@ def _dispatch(args) -> int:
 
 
 def _print_leaks(section: dict) -> None:
-    from gdbext.core.leakreport import leak_from_json, render_report
+    from gdbext.core.leakreport import HeapFinding, leak_from_json, render_heap_finding, render_report
     from gdbext.core.render import Painter
     leaks = [leak_from_json(item) for item in section["leaks"]]
-    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    print(render_report(leaks, Painter(color), section["notes"]))
+    paint = Painter(sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    for finding in section.get("heap_findings", []):
+        print(render_heap_finding(HeapFinding.from_json(finding), paint))
+    print(render_report(leaks, paint, section["notes"]))
     print(f"kmemleak: {section['objects']} objects scanned in {section['scan_seconds'] * 1000:.0f} ms"
           + (f", {section['suppressed']} suppressed" if section["suppressed"] else ""))
+
+
+def _print_kernel_reports(reports: list[dict]) -> None:
+    for report in reports:
+        who = f' (comm "{report["comm"]}", pid {report["pid"]})' if report["comm"] else ""
+        print(f"kernel {report['kind']} report{who}:\n" + "\n".join(
+            "  " + line for line in report["text"].splitlines()[:40]))
+    if reports:
+        print(f"kernel: {len(reports)} report(s) on the console during the steps")
+
+
+def _print_injected(plan: dict) -> None:
+    injected = plan["injected"]
+    if injected is None:
+        print(f"fail-alloc: module {plan['module']} made {plan['calls']} allocation(s): "
+              f"allocation {plan['nth']} never happened")
+        return
+    where = injected["backtrace"][0]["symbol"] if injected["backtrace"] else hex(injected["site"])
+    print(f"fail-alloc: allocation {plan['nth']} of module {plan['module']} failed: "
+          f"{injected['function']}() called from {where}")
+
+
+def _print_sweep(section: dict) -> None:
+    for one in section["runs"]:
+        if "error" in one:
+            print(f"N={one['nth']}: error: {one['error']}")
+            continue
+        leaks = [l for l in one["kmemleak"]["leaks"] if l["kind"] == "direct"]
+        what = (f"{one['injected']['function']}() fails" if one["injected"]
+                else f"only {one['calls']} allocation(s): nothing fails")
+        print(f"N={one['nth']}: {what}: {len(leaks)} leak(s), "
+              f"{len(one['kernel_reports'])} kernel report(s), "
+              f"{len(one['kmemcheck']['reports'])} kmemcheck report(s)")
+        for leak in leaks:
+            site = next((f["symbol"] for f in leak["backtrace"] if f["module"]), None)
+            print(f"  unreferenced {leak['size']} bytes at {leak['address']:#x}"
+                  + (f" allocated at {site}" if site else ""))
+        for report in one["kernel_reports"]:
+            print(f"  kernel {report['kind']}: {report['title']}")
 
 
 def _print_kmemcheck(section: dict) -> None:
@@ -161,29 +217,45 @@ def _run(args) -> int:
         raise UsageError(str(exc)) from None
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    try:
+        fail_alloc = parse_fail_alloc(args.fail_alloc) if args.fail_alloc else None
+        swept = parse_fail_alloc(args.fail_alloc_sweep, sweep=True)[0] if args.fail_alloc_sweep else None
+    except KmemgdbError as exc:
+        raise UsageError(str(exc)) from None
     modules = [_resolve_module(p) for p in getattr(args, "modules", None) or []]
     for step in getattr(args, "steps", None) or []:
         if step.kind == "insmod":
-            step.command = f"insmod /modules/{_resolve_module(Path(step.argument)).name}"
+            step.command = " ".join(filter(None, ["insmod", f"/modules/{_resolve_module(Path(step.argument)).name}",
+                                                  step.params]))
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     options = RunOptions(steps=getattr(args, "steps", None) or [],
                          modules=modules,
                          json_path=args.json, timeout=args.timeout,
                          reference_kmemleak=args.reference_kmemleak, kmemleak=args.kmemleak,
-                         kmemcheck=kmemcheck,
+                         kmemcheck=kmemcheck, backtraces=args.backtraces, fail_alloc=fail_alloc,
                          memory_mib=args.memory,
                          smp=args.smp, append=args.append, workdir=args.workdir)
+    if swept:
+        doc, status = sweep(options, swept)
+        _print_sweep(doc["fail_alloc_sweep"])
+        return status
     doc, status = run(options)
+    if "fail_alloc" in doc:
+        _print_injected(doc["fail_alloc"])
     for step in doc["steps"]:
         print(f"$ {step['argument'] if step['kind'] == 'exec' else 'insmod ' + step['argument']}"
-              f"  (exit {step['exit_status']})")
+              + (f"  (crashed: {step['kernel_crash']})" if "kernel_crash" in step
+                 else f"  (exit {step['exit_status']})"))
         if step["output"]:
             print(step["output"].rstrip("\n"))
     if doc["kmemleak"]["enabled"]:
         _print_leaks(doc["kmemleak"])
     if doc["kmemcheck"]["enabled"]:
         _print_kmemcheck(doc["kmemcheck"])
+    _print_kernel_reports(doc["kernel_reports"])
+    if "step_failure" in doc:
+        print(f"kmemgdb: {doc['step_failure']}", file=sys.stderr)
     if "reference_kmemleak" in doc:
         print(f"in-kernel kmemleak: {len(doc['reference_kmemleak']['leaks'])} unreferenced object(s)")
     if args.json:

@@ -1,6 +1,7 @@
 """`kmemgdb run`: boot the guest under gdb, load modules, run commands, collect reports as JSON."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tempfile
@@ -8,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gdbext.core.kernelreports import parse_kernel_reports
 from gdbext.core.kmemleak_text import parse_kmemleak
 
 from qemu.console import ConsoleError
@@ -28,6 +30,7 @@ class Step:
     kind: str          # insmod | exec
     command: str       # what the guest shell runs
     argument: str      # what the user gave (.ko path or command)
+    params: str = ""   # insmod: module parameters
 
 
 @dataclass
@@ -85,6 +88,8 @@ class RunOptions:
     reference_kmemleak: bool = False
     kmemleak: bool = False
     kmemcheck: KmemcheckSpec | None = None
+    backtraces: bool = True        # SLUB user tracking on every cache (slub_debug=U)
+    fail_alloc: tuple[str, int] | None = None   # (module, N): its Nth allocation fails
     memory_mib: int = 256
     smp: int = 1
     append: list[str] = field(default_factory=list)
@@ -108,36 +113,29 @@ def run(options: RunOptions) -> tuple[dict, int]:
     with tempfile.TemporaryDirectory(prefix="kmemgdb-run-") as tmp:
         workdir = options.workdir or Path(tmp)
         lab_opts = LabOptions(modules=options.modules, memory_mib=options.memory_mib,
-                              smp=options.smp, append=_append(options))
+                              smp=options.smp, append=kernel_arguments(options))
         deadline = Deadline(options.timeout)
-        doc: dict = {"steps": [], "kmemleak": {"enabled": False, "leaks": []},
-                     "kmemcheck": {"enabled": False, "reports": []}}
+        doc: dict = {"steps": [], "kmemleak": {"enabled": False, "leaks": [], "heap_findings": []},
+                     "kmemcheck": {"enabled": False, "reports": []}, "kernel_reports": []}
         if options.kmemcheck:
             doc["kmemcheck"]["enabled"] = True
+        failure = None
         try:
             with booted(lab_opts, workdir) as lab:
                 if options.kmemleak:
                     doc["kmemleak"]["baseline"] = _kmemleak_baseline(lab, deadline)
                 if options.kmemcheck:
                     _kmemcheck_start(lab, options.kmemcheck, deadline)
-                _run_steps(lab, options.steps, doc, deadline)
-                if options.reference_kmemleak:
+                if options.fail_alloc:
+                    _fail_alloc_start(lab, *options.fail_alloc, deadline)
+                since = len(lab.guest.console.text)
+                failure = _run_steps(lab, options.steps, doc, deadline)
+                if options.reference_kmemleak and failure is None:
                     doc["reference_kmemleak"] = _reference_kmemleak(lab, deadline)
                 lab.gdb.interrupt(timeout=deadline.left())
-                doc["guest"] = _guest_info(lab)
-                if options.kmemleak:
-                    doc["kmemleak"].update(_kmemleak_report(lab, deadline))
-                if options.kmemcheck:
-                    doc["kmemcheck"] = _kmemcheck_report(lab, deadline)
-                if options.reference_kmemleak:
-                    _symbolize_reference(lab, doc["reference_kmemleak"]["leaks"])
-                doc["console"] = lab.guest.console.text
-                doc["shell"] = lab.guest.shell.text
-                doc["hook_errors"] = _hook_errors(lab)
-                if doc["hook_errors"]:
-                    shown = "\n".join(e.splitlines()[0] for e in doc["hook_errors"][:5])
-                    raise KmemgdbError(f"kmemgdb failed inside its hooks ({len(doc['hook_errors'])} "
-                                       f"error(s)); the checks are incomplete:\n{shown}")
+                _collect(lab, options, doc, deadline)
+                doc["kernel_reports"] = [r.to_json() for r in
+                                         parse_kernel_reports(lab.guest.console.text[since:])]
         except LAB_ERRORS as exc:
             for key in ("console", "shell"):
                 log = workdir / f"{key}.log"
@@ -145,18 +143,74 @@ def run(options: RunOptions) -> tuple[dict, int]:
             doc["error"] = str(exc)
             _write(options.json_path, doc)
             raise
+        if failure is not None:
+            doc["step_failure"] = failure
+        if failure is not None and not doc["kernel_reports"] and not options.fail_alloc:
+            doc["error"] = failure
+            _write(options.json_path, doc)
+            raise KmemgdbError(failure)
         _write(options.json_path, doc)
-        findings = len(doc["kmemleak"]["leaks"]) + len(doc["kmemcheck"]["reports"])
+        findings = (len(doc["kmemleak"]["leaks"]) + len(doc["kmemleak"]["heap_findings"])
+                    + len(doc["kmemcheck"]["reports"]) + len(doc["kernel_reports"]))
         return doc, 1 if findings else 0
 
 
-def _append(options: RunOptions) -> list[str]:
-    return ((["kmemleak=on"] if options.reference_kmemleak else [])
-            + (options.kmemcheck.append() if options.kmemcheck else []) + options.append)
+def _collect(lab: Lab, options: RunOptions, doc: dict, deadline: Deadline) -> None:
+    """Everything the checkers and the guest have to say, with the guest stopped."""
+    doc["guest"] = _guest_info(lab)
+    if options.fail_alloc:
+        doc["fail_alloc"] = json.loads(_last_json_line(lab.gdb.checked("kmem fail-alloc --json")))
+    if options.kmemleak:
+        doc["kmemleak"].update(_kmemleak_report(lab, deadline))
+    if options.kmemcheck:
+        doc["kmemcheck"] = _kmemcheck_report(lab, deadline)
+    if "reference_kmemleak" in doc:
+        _symbolize_reference(lab, doc["reference_kmemleak"]["leaks"])
+    doc["console"] = lab.guest.console.text
+    doc["shell"] = lab.guest.shell.text
+    doc["hook_errors"] = _hook_errors(lab)
+    if doc["hook_errors"]:
+        shown = "\n".join(e.splitlines()[0] for e in doc["hook_errors"][:5])
+        raise KmemgdbError(f"kmemgdb failed inside its hooks ({len(doc['hook_errors'])} "
+                           f"error(s)); the checks are incomplete:\n{shown}")
 
 
-def _run_steps(lab: Lab, steps: list[Step], doc: dict, deadline: Deadline) -> None:
+def kernel_arguments(options: RunOptions) -> list[str]:
+    """The guest's command line additions: the reference kmemleak, kmemcheck's, and for leak
+    backtraces SLUB user tracking on every cache (it also keeps SLUB from merging a module's
+    cache into another one, so its name stays) and page_owner (large kmallocs, vmalloc). A
+    slub_debug= the user gave is kept, with U added to its first flag group."""
+    args = ["kmemleak=on"] if options.reference_kmemleak else []
+    user = list(options.append)
+    if options.kmemleak and options.backtraces:
+        given = [a for a in user if a.startswith("slub_debug=")]
+        if given:
+            user[user.index(given[-1])] = with_user_tracking(given[-1])
+        else:
+            args.append("slub_debug=U")
+        if not any(a.startswith("page_owner=") for a in user):
+            args.append("page_owner=on")
+    if options.kmemcheck:
+        args += [a for a in options.kmemcheck.append()
+                 if not (a.startswith("slub_debug=") and any(x.startswith("slub_debug=") for x in args + user))]
+    return args + user
+
+
+def with_user_tracking(arg: str) -> str:
+    """slub_debug=FZP -> slub_debug=FZPU; slub_debug=Z,kmalloc-* -> slub_debug=ZU,kmalloc-*
+    (the first flag group; an empty one already means every check, U included)."""
+    flags, sep, rest = arg.partition("=")[2].partition(",")
+    if "U" in flags or not flags:
+        return arg
+    return f"slub_debug={'' if flags == '-' else flags}U{sep}{rest}"
+
+
+def _run_steps(lab: Lab, steps: list[Step], doc: dict, deadline: Deadline) -> str | None:
+    """Run the steps in order. The first that fails or crashes the guest kernel ends them;
+    its description is returned (None: all passed), and the reports are still collected: the
+    guest is stopped, not gone, and its leaks are what explains the crash."""
     for step in steps:
+        mark = len(lab.guest.shell.text)
         try:
             output, status = lab.run(step.command, timeout=deadline.left())
         except WatchdogFired as exc:
@@ -169,22 +223,43 @@ def _run_steps(lab: Lab, steps: list[Step], doc: dict, deadline: Deadline) -> No
                                f"after {deadline.seconds:.0f} s (--timeout); shell tail:\n"
                                + lab.guest.shell.tail(10) + "\nconsole tail:\n"
                                + lab.guest.console.tail(10)) from None
+        except GuestError:
+            crash = lab.guest.console.crash()
+            if crash is None or not lab.guest.running():
+                raise
+            _settle_console(lab)
+            doc["steps"].append({"kind": step.kind, "argument": step.argument,
+                                 "command": step.command, "exit_status": None,
+                                 "output": _printed_since(lab, mark), "kernel_crash": crash})
+            return f"guest {step.kind} {step.argument!r} crashed the guest kernel: {crash}"
         doc["steps"].append({"kind": step.kind, "argument": step.argument,
                              "command": step.command, "exit_status": status, "output": output})
         if status != 0:
-            raise KmemgdbError(f"guest {step.kind} {step.argument!r} failed with exit status "
-                               f"{status}: {output.strip()[-500:]}")
+            return (f"guest {step.kind} {step.argument!r} failed with exit status "
+                    f"{status}: {output.strip()[-500:]}")
+    return None
+
+
+def _printed_since(lab: Lab, mark: int) -> str:
+    """What a command that never finished printed (after the shell's begin marker)."""
+    return lab.guest.shell.text[mark:].split("-begin@@\n", 1)[-1]
+
+
+def _settle_console(lab: Lab, seconds: float = 5) -> None:
+    """Let the kernel finish printing its crash report (to its end-of-trace line)."""
+    try:
+        lab.guest.console.wait_for(r"---\[ end (trace|Kernel panic)", seconds)
+    except ConsoleError:
+        pass
 
 
 def _kmemleak_baseline(lab: Lab, deadline: Deadline) -> int:
     """Scan once the guest is up and clear what boot left behind, as kernel developers do with
     `echo clear > /sys/kernel/debug/kmemleak`: the report then holds what the steps leaked.
-    The annotation hooks watched boot (where the kernel's kmemleak_not_leak/ignore calls are);
-    they come off for the steps, which then run without any breakpoint near the allocator."""
+    The annotation hooks (at the calls, not in kmemleak_*) stay on through the steps."""
     lab.gdb.interrupt(timeout=deadline.left())
     lab.gdb.checked("kmemleak scan", timeout=deadline.left())
     out = lab.gdb.checked("kmemleak clear")
-    lab.gdb.checked("kmemleak hooks=off")
     lab.gdb.cont()
     m = re.search(r"(\d+) suspect", out)
     return int(m.group(1)) if m else 0
@@ -195,7 +270,52 @@ def _kmemleak_report(lab: Lab, deadline: Deadline) -> dict:
     report = json.loads(_last_json_line(lab.gdb.checked("kmemleak report --all --json")))
     return {"enabled": True, "leaks": report["leaks"], "suppressed": report["suppressed"],
             "objects": report["objects"], "scan_seconds": report["scan_seconds"],
-            "notes": report["notes"]}
+            "notes": report["notes"], "heap_findings": report["heap_findings"]}
+
+
+def parse_fail_alloc(text: str, sweep: bool = False) -> tuple[str, int]:
+    """`module:NAME,nth=N` (`module:NAME` for a sweep) -> (NAME, N)."""
+    kind, _, rest = text.partition(":")
+    name, _, nth = rest.partition(",")
+    key, _, value = nth.partition("=")
+    if kind == "module" and name and sweep and not nth:
+        return name.replace("-", "_"), 1
+    if kind == "module" and name and not sweep and key == "nth" and value.isdigit() and int(value) >= 1:
+        return name.replace("-", "_"), int(value)
+    form = "module:NAME" if sweep else "module:NAME,nth=N (N >= 1)"
+    raise KmemgdbError(f"--fail-alloc{'-sweep' if sweep else ''}: expected {form}, got {text!r}")
+
+
+def _fail_alloc_start(lab: Lab, module: str, nth: int, deadline: Deadline) -> None:
+    lab.gdb.interrupt(timeout=deadline.left())
+    lab.gdb.checked(f"kmem fail-alloc {module} {nth}", timeout=deadline.left())
+    lab.gdb.cont()
+
+
+def sweep(options: RunOptions, module: str, limit: int = 64) -> tuple[dict, int]:
+    """--fail-alloc-sweep: one run per N = 1, 2, ... with the module's Nth allocation failing,
+    until a run in which the module made fewer than N allocations (nothing was left to fail).
+    Every run boots a fresh guest, so an oops at one N cannot disturb the next."""
+    runs, status = [], 0
+    for nth in range(1, limit + 1):
+        one = dataclasses.replace(options, fail_alloc=(module, nth), json_path=None)
+        try:
+            doc, st = run(one)
+        except LAB_ERRORS as exc:
+            runs.append({"nth": nth, "error": str(exc)})
+            status = 2
+            break
+        plan = doc["fail_alloc"]
+        runs.append({"nth": nth, "injected": plan["injected"], "calls": plan["calls"],
+                     "steps": doc["steps"], "step_failure": doc.get("step_failure"),
+                     "kmemleak": doc["kmemleak"], "kmemcheck": doc["kmemcheck"],
+                     "kernel_reports": doc["kernel_reports"]})
+        status = max(status, st)
+        if plan["injected"] is None:
+            break
+    out = {"fail_alloc_sweep": {"module": module, "runs": runs}}
+    _write(options.json_path, out)
+    return out, status
 
 
 def _kmemcheck_start(lab: Lab, spec: KmemcheckSpec, deadline: Deadline) -> None:

@@ -47,11 +47,20 @@ def test_failing_guest_command_is_exit_2(tmp_path):
     assert "error" in doc
 
 
-def test_kernel_oops_is_reported_with_console_tail(hello_ko):
-    res = kmemgdb("run", "--insmod", hello_ko, "--exec", "echo 1 > /sys/kernel/debug/kmemgdb_hello_bug")
-    assert res.returncode == 2
-    assert "guest kernel crashed" in res.stderr and "kernel BUG at" in res.stderr
-    assert "Traceback" not in res.stderr
+def test_kernel_oops_is_a_finding_and_the_run_goes_on_to_its_reports(tmp_path, hello_ko):
+    """The oops kills the shell that ran the step (echo is a builtin): the guest is stopped,
+    not gone, so the run still collects its reports, and exits 1 with the oops among them."""
+    report = tmp_path / "r.json"
+    res = kmemgdb("run", "--kmemleak", "--insmod", hello_ko, "--exec",
+                  "echo 1 > /sys/kernel/debug/kmemgdb_hello_bug", "--exec", "echo never", "--json", report)
+    assert res.returncode == 1, res.stderr
+    assert "crashed the guest kernel: kernel BUG at" in res.stderr and "Traceback" not in res.stderr
+    doc = json.loads(report.read_text())
+    assert [s["exit_status"] for s in doc["steps"]] == [0, None]
+    [oops] = doc["kernel_reports"]
+    assert oops["kind"] == "oops" and oops["title"].startswith("kernel BUG at")
+    assert "kmemgdb_hello_bug_write" in oops["text"] and doc["kmemleak"]["objects"] > 10000
+    assert "kernel oops report" in res.stdout
 
 
 def test_timeout_is_exit_2():

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from kmemgdb.run import KmemcheckSpec
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -24,6 +26,11 @@ def kmemgdb(*args):
     (["run", "--frobnicate"], "unrecognized arguments"),
     (["nosuch"], "invalid choice"),
     (["module", "build", "/nonexistent-dir"], "is not a directory"),
+    (["run", "--fail-alloc", "module:foo"], "expected module:NAME,nth=N"),
+    (["run", "--fail-alloc", "module:foo,nth=0"], "expected module:NAME,nth=N"),
+    (["run", "--fail-alloc-sweep", "cache:foo"], "expected module:NAME"),
+    (["run", "--fail-alloc", "module:a,nth=1", "--fail-alloc-sweep", "module:a"], "not allowed with"),
+    (["run", "--insmod", ""], "--insmod: expected a .ko file"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message):
     res = kmemgdb(*args)
@@ -34,7 +41,6 @@ def test_bad_input_is_one_line_exit_2(args, message):
 
 
 def test_kmemcheck_spec_becomes_commands_and_boot_arguments():
-    from kmemgdb.run import KmemcheckSpec
     spec = KmemcheckSpec.parse("cache:foo,notrack:bar,oneshot,partial-ok=off")
     assert spec.commands == ["kmemcheck track cache foo", "kmemcheck notrack cache bar",
                              "set kmemcheck partial-ok off"]
@@ -43,3 +49,18 @@ def test_kmemcheck_spec_becomes_commands_and_boot_arguments():
     assert KmemcheckSpec.parse("all").append() == ["debug_pagealloc=on"]
     assert KmemcheckSpec.parse("module:m,verify,watchdog=30").commands == [
         "kmemcheck track module m", "set kmemcheck verify on", "set kmemcheck watchdog 30"]
+
+
+def test_leak_runs_boot_with_backtraces_keeping_what_the_user_asked():
+    from kmemgdb.run import RunOptions, kernel_arguments, parse_fail_alloc, with_user_tracking
+    assert kernel_arguments(RunOptions(kmemleak=True)) == ["slub_debug=U", "page_owner=on"]
+    assert kernel_arguments(RunOptions(kmemleak=True, backtraces=False)) == []
+    assert kernel_arguments(RunOptions(kmemleak=True, append=["slub_debug=FZP", "quiet"])) == [
+        "page_owner=on", "slub_debug=FZPU", "quiet"]
+    assert with_user_tracking("slub_debug=Z,kmalloc-*") == "slub_debug=ZU,kmalloc-*"
+    assert with_user_tracking("slub_debug=U,foo") == "slub_debug=U,foo"
+    assert with_user_tracking("slub_debug=-") == "slub_debug=U"
+    with_kmemcheck = RunOptions(kmemleak=True, kmemcheck=KmemcheckSpec.parse("cache:foo"))
+    assert kernel_arguments(with_kmemcheck) == ["slub_debug=U", "page_owner=on", "debug_pagealloc=on"]
+    assert parse_fail_alloc("module:my-drv,nth=3") == ("my_drv", 3)
+    assert parse_fail_alloc("module:my_drv", sweep=True) == ("my_drv", 1)

@@ -160,3 +160,42 @@ def test_empty_heap():
     g.root(0x1000, 64)
     heap, res = g.scan()
     assert len(heap) == 0 and len(res.leaks) == 0
+
+
+def test_scan_areas_and_no_scan():
+    """kmemleak_scan_area(): only the areas of an object are scanned; kmemleak_no_scan(): none."""
+    from gdbext.core.leakstate import NO_SCAN, SCAN_AREA, Annotations
+    g = Guest()
+    r = g.root(0x1000, 64)
+    holder, noscan = g.obj(0x10000, 512), g.obj(0x18000, 64)
+    near, far, behind = g.obj(0x20000, 64), g.obj(0x30000, 64), g.obj(0x40000, 64)
+    g.put(r, holder, noscan)
+    g.put(holder, near)
+    g.put(holder + 256, far)
+    g.put(noscan, behind)
+    notes = Annotations()
+    notes.record(SCAN_AREA, holder + 256, 8)
+    notes.record(NO_SCAN, noscan)
+    notes.record(SCAN_AREA, PO + 0x7000, 8)         # no object there: forgotten
+    heap = g.builder.build()
+    notes.apply(heap)
+    res = scan(g.ctx, heap, g.roots, [])
+    assert leaked(heap, res) == {0x20000, 0x40000}
+    assert list(notes.areas) == [holder + 256]
+    notes.record(SCAN_AREA, holder, (1 << 64) - 1)  # SIZE_MAX: to the end of the object
+    heap = g.builder.build()
+    notes.apply(heap)
+    assert leaked(heap, scan(g.ctx, heap, g.roots, [])) == {0x40000}
+
+
+def test_update_trace_follows_its_object():
+    from gdbext.core.leakstate import UPDATE_TRACE, Annotations
+    g = Guest()
+    a = g.obj(0x10000, 64)
+    notes = Annotations()
+    notes.record(UPDATE_TRACE, a + 8, trace=[0xFFFFFFFF81000000])
+    notes.record(UPDATE_TRACE, PO + 0x50000, trace=[1])     # freed since: forgotten
+    heap = g.builder.build()
+    notes.apply(heap)
+    assert notes.trace_of(heap, heap.find(a)) == [0xFFFFFFFF81000000]
+    assert len(notes.traces) == 1

@@ -92,8 +92,10 @@ def test_cpu_freelist_counts_as_free():
     assert len(guest.walk()) == 62
 
 
-@pytest.mark.parametrize("corruption, message", [("loop", "loops"), ("wild", "is not an object")])
-def test_corrupted_freelist_is_an_error_not_a_hang(corruption, message):
+@pytest.mark.parametrize("corruption, message, kind, culprit", [
+    ("loop", "loops", "double free", 5),          # 5 freed, 10 freed, 5 freed again
+    ("wild", "is not an object", "corrupted freelist", 5)])   # 5's free pointer overwritten
+def test_corrupted_freelist_is_a_finding_not_a_hang(corruption, message, kind, culprit):
     guest = FakeSlub()
     if corruption == "loop":
         guest.freelist(5, 10, 5, terminate=False)
@@ -102,4 +104,15 @@ def test_corrupted_freelist_is_an_error_not_a_hang(corruption, message):
         guest.u64(SLAB + 64 * 5 + 32, PO + 0x1234)
     heap = guest.walk()
     assert len(heap.errors) == 1 and message in str(heap.errors[0])
+    error = heap.errors[0]
+    assert (error.kind, error.cache, error.object) == (kind, "test-64", SLAB + 64 * culprit)
     assert (heap.min_count == 0).all()            # that slab's objects are never reported
+
+
+def test_object_on_both_freelists_is_a_double_free():
+    guest = FakeSlub()
+    guest.freelist(5, 7)
+    guest.u64(CPU + 16, guest.row)                # CPU 0's lockless freelist holds 7 again
+    guest.u64(CPU, SLAB + 64 * 7)
+    error = guest.walk().errors[0]
+    assert (error.kind, error.object) == ("double free", SLAB + 64 * 7)

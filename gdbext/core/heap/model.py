@@ -65,9 +65,14 @@ class Track:
 
 @dataclass
 class HeapError:
-    """Allocator state the walker could not trust (a corrupted freelist, a bad pointer)."""
+    """Allocator state the walker could not trust (a corrupted freelist, a bad pointer).
+    KIND, CACHE and OBJECT name the bug when the walker can tell (a double free, the free
+    object whose free pointer was overwritten)."""
     where: int
     what: str
+    kind: str = "heap walk error"
+    cache: str | None = None
+    object: int | None = None
 
     def __str__(self) -> str:
         return f"{self.where:#x}: {self.what}"
@@ -87,6 +92,8 @@ class Heap:
     extra: dict[int, Extra] = field(default_factory=dict)   # by heap index
     errors: list[HeapError] = field(default_factory=list)
     no_scan: np.ndarray | None = None     # bool: kmemleak_no_scan()
+    # kmemleak_scan_area(): object index -> the (address, size) ranges that alone are scanned
+    scan_areas: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.no_scan is None:

@@ -17,6 +17,7 @@ from .model import CacheInfo, HeapBuilder, HeapError, SlabGroup
 
 # slab_flags_t bits (include/linux/slab.h, 6.1); macros are not in DWARF.
 SLAB_NOLEAKTRACE = 0x00800000
+DOUBLE_FREE, CORRUPTED = "double free", "corrupted freelist"
 # kmemleak_scan_area(&va->rb_node, SIZE_MAX) in alloc_vmap_area() (mm/vmalloc.c, 6.1): a
 # vmap_area's va_start/va_end are not references. Applied as a rule: a breakpoint there would
 # stop the guest on every vmalloc.
@@ -54,22 +55,29 @@ def read_caches(ctx: GuestContext) -> list[CacheInfo]:
 
 
 class FreelistError(KernelModelError):
-    """A SLUB freelist that leaves its slab, misses an object boundary or loops."""
+    """A SLUB freelist that leaves its slab, misses an object boundary or loops. OBJ: the
+    object freed twice (a loop), or the free object whose free pointer is bad."""
+
+    def __init__(self, message: str, kind: str, obj: int | None):
+        super().__init__(message)
+        self.kind, self.obj = kind, obj
 
 
 def walk_freelist(ctx: GuestContext, cache: CacheInfo, base: int, objects: int, head: int):
     """Indices of the objects on the freelist starting at HEAD in the slab at BASE; raises
     FreelistError when the list leaves the slab, misses an object boundary or loops."""
     seen: set[int] = set()
-    ptr = head
+    ptr, holder = head, None
     first = base + cache.red_left_pad
     while ptr:
         index, rem = divmod(ptr - first, cache.size)
         if rem or not 0 <= index < objects:
-            raise FreelistError(f"free pointer {ptr:#x} is not an object of slab {base:#x}")
+            raise FreelistError(f"free pointer {ptr:#x} is not an object of slab {base:#x}",
+                                CORRUPTED, holder)
         if index in seen:
-            raise FreelistError(f"freelist of slab {base:#x} loops at {ptr:#x}")
+            raise FreelistError(f"freelist of slab {base:#x} loops at {ptr:#x}", DOUBLE_FREE, ptr)
         seen.add(index)
+        holder = ptr
         yield index
         where = ptr + cache.offset
         raw = ctx.u64(where)
@@ -193,7 +201,8 @@ class SlubWalker:
             for head in (freelist, cpu_free.get(slab_struct, 0)):
                 error = self._mark_free(cache, base, objects, head, live[i])
                 if error:
-                    builder.errors.append(HeapError(base, f"cache {cache.name}: {error}"))
+                    builder.errors.append(HeapError(base, f"cache {cache.name}: {error}",
+                                                    error.kind, cache.name, error.obj))
                     bad.append(i)
                     break
         scan_from = 0
@@ -206,16 +215,18 @@ class SlubWalker:
         builder.untrusted += [(gi, i) for i in bad]
 
     def _mark_free(self, cache: CacheInfo, base: int, objects: int, head: int,
-                   live: np.ndarray) -> str | None:
-        """Clear LIVE for every object on the freelist starting at HEAD; an error text if the
-        list is corrupted."""
+                   live: np.ndarray) -> FreelistError | None:
+        """Clear LIVE for every object on the freelist starting at HEAD; the error if the
+        list is corrupted (an object on it twice, or on both freelists: a double free)."""
         try:
             for index in walk_freelist(self.ctx, cache, base, objects, head):
                 if not live[index]:
-                    return f"freelist of slab {base:#x} loops at object {index}"
+                    obj = base + cache.red_left_pad + index * cache.size
+                    return FreelistError(f"object {obj:#x} is on the freelists of slab "
+                                         f"{base:#x} twice", DOUBLE_FREE, obj)
                 live[index] = False
         except FreelistError as exc:
-            return str(exc)
+            return exc
         return None
 
 

@@ -12,6 +12,7 @@ from .model import CacheInfo, Track
 SLAB_STORE_USER = 0x00010000
 DEPOT_INDEX_BITS, DEPOT_OFFSET_BITS, DEPOT_ALIGN = 16, 10, 4
 MAX_FRAMES = 64
+ALLOC, FREE = 0, 1                 # enum track_item
 
 
 def tracks_enabled(cache: CacheInfo) -> bool:
@@ -23,11 +24,13 @@ def info_end(cache: CacheInfo) -> int:
     return cache.inuse + (8 if cache.offset >= cache.inuse else 0)
 
 
-def read_alloc_track(ctx: GuestContext, cache: CacheInfo, obj: int) -> Track | None:
+def read_track(ctx: GuestContext, cache: CacheInfo, obj: int, which: int = 0) -> Track | None:
+    """Track WHICH (ALLOC or FREE: enum track_item) of the object at OBJ; None when the cache
+    keeps none or the object never had that event."""
     if not tracks_enabled(cache):
         return None
     lay = ctx.layout
-    t = obj + info_end(cache)
+    t = obj + info_end(cache) + which * lay.size("track")
     raw = ctx.read(t, lay.off("track.when") + 8)
     u32 = lambda off: int.from_bytes(raw[off:off + 4], "little")
     u64 = lambda off: int.from_bytes(raw[off:off + 8], "little")

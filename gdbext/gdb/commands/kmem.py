@@ -12,7 +12,7 @@ from ..modules import MODULES
 from ..session import SESSION
 from ..symbolize import frame_for
 from ...core.report import render_frames
-from .base import KmemCommand, address, parser
+from .base import KmemCommand, address, parser, require_stopped_guest
 
 
 def painter() -> render.Painter:
@@ -252,7 +252,48 @@ Addresses are taken as return addresses (the line shown is the call's) unless --
             gdb.write(render_frames(frames, "") + "\n")
 
 
+class KmemFailAlloc(KmemCommand):
+    """Make the Nth allocation a module makes fail, as if the allocator returned NULL.
+
+Usage: kmem fail-alloc MODULE N | kmem fail-alloc off | kmem fail-alloc [--json]
+Counts the calls the module's code makes to the allocation helpers (kmalloc, kmem_cache_alloc,
+kstrdup, kvmalloc, vmalloc, devm_kmalloc, ...), from when it is set (set it before loading
+the module to reach its init). The Nth call is skipped and returns NULL: the module's error
+path runs, and `kmemleak scan` shows what it leaks. Each counted call stops the guest once."""
+    PARSER = parser("kmem fail-alloc", "Make a module's Nth allocation fail.")
+    PARSER.add_argument("--json", action="store_true", help="the plan and its outcome as JSON")
+    PARSER.add_argument("module", nargs="?", help="module name, or `off`")
+    PARSER.add_argument("nth", nargs="?", type=int, help="which allocation fails (1 = the first)")
+    NEEDS_STOPPED_GUEST = False
+
+    def __init__(self):
+        super().__init__("kmem fail-alloc")
+
+    def run(self, args) -> None:
+        from ..failalloc import FAIL_ALLOC
+        if args.module == "off":
+            FAIL_ALLOC.stop()
+            gdb.write("kmemgdb: fail-alloc off\n")
+            return
+        if args.module is not None:
+            if args.nth is None or args.nth < 1:
+                raise gdb.GdbError("kmem fail-alloc: expected MODULE N with N >= 1, or off")
+            require_stopped_guest("kmem fail-alloc")
+            FAIL_ALLOC.start(args.module.replace("-", "_"), args.nth)
+            gdb.write(f"kmemgdb: allocation {args.nth} of module {args.module} will fail\n")
+            return
+        plan = FAIL_ALLOC.plan
+        if args.json:
+            gdb.write(json.dumps(plan.to_json() if plan else None) + "\n")
+        elif plan is None:
+            gdb.write("kmemgdb: no fail-alloc plan\n")
+        else:
+            done = (f"made {plan.injected['function']} fail" if plan.injected else "not reached yet")
+            gdb.write(f"kmemgdb: allocation {plan.nth} of module {plan.module}: {plan.calls} "
+                      f"call(s) counted, {done}\n")
+
+
 def register() -> None:
-    for cls in (Kmem, KmemInfo, KmemErrors, KmemSymbols, KmemSymbolize, KmemVtop, KmemPte, KmemPteHide, KmemPteShow, KmemPteShowAll,
+    for cls in (Kmem, KmemInfo, KmemFailAlloc, KmemErrors, KmemSymbols, KmemSymbolize, KmemVtop, KmemPte, KmemPteHide, KmemPteShow, KmemPteShowAll,
                 KmemPteList):
         cls()

@@ -6,9 +6,9 @@ import json
 import gdb
 
 from ...core import leaks as L
-from ...core.leakreport import (SuppressionError, hex_dump, parse_suppressions, render_leak,
-                                render_report, suppression_for)
-from ...core.heap.model import KIND_NAMES
+from ...core.leakreport import (SuppressionError, hex_dump, parse_suppressions,
+                                render_heap_finding, render_leak, render_report, suppression_for)
+from ...core.heap.model import KIND_NAMES, MIN_COUNT_BLACK
 from .. import target
 from ..heapctx import guest_context
 from ..kmemleak import KMEMLEAK, Describer, jiffies_now, periodic
@@ -32,10 +32,12 @@ kmemleak age=on|off      apply the kernel's rule: unreferenced in two scans and 
 kmemleak suppress FILE   load suppressions (function=GLOB module=NAME cache=GLOB per line)
 kmemleak suppressions [generate|clear]   list them, print entries matching the current
                          report, or drop them all
-kmemleak hooks=on|off    watch kmemleak_not_leak/ignore/no_scan/free_part calls (default on).
-                         They are rare, but share a code page with kmemleak_alloc/free, and a
-                         breakpoint makes QEMU run its whole page slowly (measured 1.18x on
-                         five `ls -R /sys`). Annotations already seen are kept when off.
+kmemleak hooks=on|off    watch the kernel's and modules' kmemleak_not_leak/ignore/no_scan/
+                         free_part/scan_area/update_trace calls (default on), at each call
+                         instruction rather than in the functions (a breakpoint makes QEMU run
+                         its whole page slowly, and they share one with kmemleak_alloc/free),
+                         and task exits (names of exited tasks). Annotations already seen are
+                         kept when off.
 kmemleak on|off          enable or disable kmemleak (off also removes the hooks)"""
 
 
@@ -72,8 +74,9 @@ class KmemleakCommand(KmemCommand):
         gdb.write(f"kmemleak: {len(outcome.snapshot.heap)} objects scanned in "
                   f"{outcome.seconds * 1000:.0f} ms: {direct} suspected memory leak(s)"
                   f"{f', {suppressed} suppressed' if suppressed else ''} (see `kmemleak`)\n")
-        for error in outcome.snapshot.heap.errors:
-            gdb.write(f"kmemleak: heap walk: {error} (its objects are never reported)\n")
+        for finding in outcome.heap_findings:
+            gdb.write(f"kmemleak: {finding.kind}: {finding.what} (its slab's objects are never "
+                      "reported; see `kmemleak`)\n")
 
     def periodic(self, args) -> None:
         """scan=on (every 600 s, the kernel's default), scan=off, scan=SECS."""
@@ -102,9 +105,13 @@ class KmemleakCommand(KmemCommand):
         if opts.json:
             gdb.write(json.dumps({"leaks": [l.to_json() for l in leaks], "suppressed": suppressed,
                                   "objects": len(outcome.snapshot.heap), "notes": outcome.notes,
-                                  "scan_seconds": outcome.seconds}) + "\n")
+                                  "scan_seconds": outcome.seconds,
+                                  "heap_findings": [f.to_json() for f in outcome.heap_findings]})
+                      + "\n")
             return
         paint = painter()
+        for finding in outcome.heap_findings:
+            gdb.write(render_heap_finding(finding, paint) + "\n")
         if opts.all:
             text = "\n".join(render_leak(l, paint) for l in leaks)
             gdb.write((text + "\n" if text else "") + f"kmemleak: {len(leaks)} leak(s)\n")
@@ -157,6 +164,10 @@ class KmemleakCommand(KmemCommand):
     def why(self, args) -> None:
         _, outcome, i = _object_at("kmemleak why", args)
         heap, res = outcome.snapshot.heap, outcome.result
+        if heap.min_count[i] == MIN_COUNT_BLACK:
+            gdb.write(f"{describe_object(heap, i)} is ignored (kmemleak_ignore or "
+                      "kmemleak_free_part): never reported, never scanned\n")
+            return
         if not res.gray[i]:
             kind = "a direct leak" if res.direct[i] else "an indirect leak"
             gdb.write(f"{describe_object(heap, i)} is unreferenced: {kind}"

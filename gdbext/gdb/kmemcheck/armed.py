@@ -11,7 +11,7 @@ import gdb
 from ...core import paging
 from ...core.codescan import RETURN_ONE, find_bytes
 from ...core.heap.context import PAGE_SIZE, GuestContext
-from ...core.heap.tracks import read_alloc_track
+from ...core.heap.tracks import read_track
 from ...core.hidden import HiddenPages, ThroughHidden
 from ...core.kmemcheck import Engine, KmemcheckError
 from ...core.watchdog import FaultLog
@@ -195,5 +195,5 @@ class Armed:
         return located.symbol.addr if located else 0
 
     def _read_track(self, cache, start: int) -> list[int]:
-        track = read_alloc_track(self.ctx, cache, start)
+        track = read_track(self.ctx, cache, start)
         return (track.stack or [track.addr]) if track else []

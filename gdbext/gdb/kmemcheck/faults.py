@@ -24,17 +24,17 @@ from dataclasses import dataclass
 
 import gdb
 
-from ...core import paging, ptregs
+from ...core import ptregs
 from ...core.codescan import RETURN_ONE
 from ...core.heap.context import PAGE_SIZE, STRUCT_PAGE_SIZE
 from ...core.inflight import STACK_BYTES, FaultPath
 from ...core.kmemcheck import FaultOutcome, Finding, KmemcheckError
 from ...core.lifetimes import LARGE, Region
-from ...core.memory import MemoryError_
 from ...core.render import Painter
 from ...core.kmemcheck_report import render_finding
 from ...core.verify import NativeCheck, native_check
 from .. import settings, target
+from ..callstack import read_stack
 from ..hooks import record_error
 from ..session import SESSION
 
@@ -301,16 +301,3 @@ class Faults:
             return False
         stack = read_stack(self.engine.memory, target.register("rsp"), STACK_BYTES)
         return self.fault_path.may_be_in_flight(target.register("rip"), stack)
-
-
-def read_stack(memory, rsp: int, limit: int) -> bytes:
-    """Up to LIMIT bytes at RSP, ending early at an unmapped page (a stack's top guard)."""
-    out = b""
-    while len(out) < limit:
-        addr = rsp + len(out)
-        n = min(limit - len(out), PAGE_SIZE - (addr & (PAGE_SIZE - 1)))
-        try:
-            out += memory.read(addr, n)
-        except (paging.PagingError, MemoryError_):
-            break
-    return out

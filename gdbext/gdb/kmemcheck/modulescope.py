@@ -23,16 +23,13 @@ from ...core.heap.context import PAGE_SIZE
 from ...core.heap.slub import slab_at
 from ...core.kernel import list_modules, module_text
 from ...core.lifetimes import LARGE, VMALLOC, Region
-from ...core.stackscan import backtrace
-from .. import target
+from ..callsites import CALL_REGISTERS
+from ..callstack import stack_backtrace
 from ..modules import MODULES
 from ..session import SESSION
-from .faults import read_stack
 
-CALL_REGISTERS = target.RawRegisters(("rax", "rdi", "rsi", "rdx", "rcx", "r8", "r9", "rsp"))
 MASK64 = (1 << 64) - 1
 VMALLOC_SPAN = 32 << 40              # VMALLOC_SIZE_TB for 4-level paging (pgtable_64_types.h)
-STACK_SNAPSHOT = 4096                # bytes above rsp searched for return addresses
 
 
 @dataclass
@@ -172,7 +169,7 @@ class ModuleScope:
     def entered(self, helper, site: int, regs: dict) -> PendingCall:
         alias = self.aliases.get(regs[helper.cache]) if helper.cache else None
         return self.engine.calls.enter(helper, site, regs, copy_len=self._copy_len(helper, regs),
-                                       backtrace=self._backtrace(site + 5, regs["rsp"]),
+                                       backtrace=stack_backtrace(site + 5, regs["rsp"], self.engine.memory),
                                        name=alias.name if alias else "")
 
     def _copy_len(self, helper, regs: dict) -> int:
@@ -195,30 +192,6 @@ class ModuleScope:
             slab = slab_at(self.ctx, src)
             return self.armed.slabs.cache(slab.cache).object_size if slab else 0
         return 0
-
-    def _backtrace(self, first: int, rsp: int) -> list[int]:
-        symbolizer = SESSION.symbolizer()
-
-        def function_of(addr: int) -> tuple[int, int] | None:
-            if addr >> 47 != 0x1FFFF:
-                return None
-            located = symbolizer.lookup(addr)
-            if located is None or not located.symbol.size:
-                return None
-            return located.symbol.addr, located.symbol.addr + located.symbol.size
-
-        def read_code(addr: int, n: int) -> bytes | None:
-            try:
-                return self.ctx.vmem.read(addr, n)
-            except Exception:
-                return None
-
-        def is_thunk(addr: int) -> bool:
-            located = symbolizer.lookup(addr)
-            return bool(located and located.symbol.name.startswith("__x86_indirect_thunk"))
-
-        stack = read_stack(self.engine.memory, rsp, STACK_SNAPSHOT)
-        return backtrace(first, stack, function_of, read_code, is_thunk)
 
     # -- returns ---------------------------------------------------------------------------------
     def returned(self, call: PendingCall, p: int) -> None:

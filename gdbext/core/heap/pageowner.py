@@ -1,0 +1,62 @@
+"""Who allocated a page: the page allocator's own records (CONFIG_PAGE_OWNER, page_owner=on).
+
+Each page has a struct page_owner inside its struct page_ext (mm/page_owner.c, 6.1: order,
+gfp_mask, handle, ts_nsec, comm, pid, ...). page_ext entries are found through the page's
+memory section (mm/page_ext.c lookup_page_ext(), SPARSEMEM): section->page_ext is biased so
+that entry PFN sits at section->page_ext + PFN * page_ext_size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .context import PAGE_SIZE, GuestContext
+from .tracks import depot_stack
+
+# x86-64 SECTION_SIZE_BITS (arch/x86/include/asm/sparsemem.h, unchanged since 2.6): a macro,
+# so not in DWARF.
+PFN_SECTION_SHIFT = 27 - 12
+
+
+@dataclass
+class PageOwner:
+    pid: int
+    comm: str
+    stack: list[int] = field(default_factory=list)
+
+
+def page_owner_enabled(ctx: GuestContext) -> bool:
+    """page_owner_inited is a static key the kernel enables when booted with page_owner=on."""
+    lay = ctx.layout
+    return lay.has_sym("page_owner_inited") and ctx.vmem.u32(lay.sym("page_owner_inited")) > 0
+
+
+def page_ext(ctx: GuestContext, pfn: int) -> int | None:
+    """struct page_ext * of PFN (CONFIG_SPARSEMEM_EXTREME: mem_section is an array of roots
+    of PAGE_SIZE / sizeof(struct mem_section) sections each)."""
+    lay, mem = ctx.layout, ctx.vmem
+    per_root = PAGE_SIZE // lay.size("mem_section")
+    nr = pfn >> PFN_SECTION_SHIFT
+    root = mem.u64(mem.u64(lay.sym("mem_section")) + 8 * (nr // per_root))
+    if not root:
+        return None
+    section = root + (nr % per_root) * lay.size("mem_section")
+    base = mem.u64(section + lay.off("mem_section.page_ext"))
+    if not base:
+        return None
+    return (base + pfn * mem.u64(lay.sym("page_ext_size"))) & (1 << 64) - 1
+
+
+def page_owner(ctx: GuestContext, pfn: int) -> PageOwner | None:
+    """The allocation record of the page at PFN (None when page_owner is off or never set)."""
+    if not page_owner_enabled(ctx):
+        return None
+    ext = page_ext(ctx, pfn)
+    if ext is None:
+        return None
+    lay, mem = ctx.layout, ctx.vmem
+    owner = ext + mem.u64(lay.sym("page_owner_ops") + lay.off("page_ext_operations.offset"))
+    handle = mem.u32(owner + lay.off("page_owner.handle"))
+    if not handle:
+        return None
+    return PageOwner(mem.u32(owner + lay.off("page_owner.pid")),
+                     mem.cstr(owner + lay.off("page_owner.comm"), 16), depot_stack(ctx, handle))

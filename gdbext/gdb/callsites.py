@@ -1,0 +1,120 @@
+"""Hooks on call instructions: watch who calls a kernel function without a breakpoint in the
+function itself.
+
+A breakpoint makes QEMU translate every instruction of its 4 KiB page one at a time, so one on
+a rarely called function that shares its page with a hot one (kmemleak_not_leak beside
+kmemleak_alloc) slows the whole guest. A breakpoint on each `call` to it only slows its
+callers' pages. Calls in vmlinux are found in the ELF file (before the kernel runs, init code
+included); calls in a module when it loads (do_init_module, before its init runs). Each stop
+checks the bytes are still that call: init text is freed, and module text goes with rmmod.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..core.codescan import CALL_LENGTH, CALL_REL32, JMP_REL32, call_target, calls_to, elf_calls_to
+from ..core.memory import MemoryError_
+from ..core.paging import PagingError
+from ..core.kernel import ModuleInfo, list_modules, module_text
+from . import target
+from .hooks import SilentHook
+from .modules import MODULES
+from .session import SESSION
+
+CALL_REGISTERS = target.RawRegisters(("rax", "rdi", "rsi", "rdx", "rcx", "r8", "r9", "rsp"))
+BRANCHES = (CALL_REL32, JMP_REL32)
+
+
+@dataclass
+class Call:
+    """One stop at a watched call (or tail-call jump) instruction, the callee not entered yet."""
+    site: int                  # address of the instruction
+    function: str              # the callee's name
+    module: str | None         # the module whose code calls (None: vmlinux)
+    regs: dict[str, int]
+    tail: bool = False         # a `jmp`: the callee returns to our caller's caller
+
+    @property
+    def returns_to(self) -> int:
+        """Where the callee will return (read from the stack for a tail call)."""
+        return SESSION.vmem().u64(self.regs["rsp"]) if self.tail else self.site + CALL_LENGTH
+
+
+class CallWatch:
+    """Hooks on the calls to FUNCTIONS (names) made by vmlinux (when KERNEL) and by loaded
+    modules (all, or those in MODULE_NAMES). ON_CALL(call) runs at each; a True result keeps
+    the guest stopped. SKIP_CALLERS: kernel functions whose calls are left alone."""
+
+    def __init__(self, what: str, functions, on_call: Callable[[Call], bool], kernel: bool = True,
+                 module_names: set[str] | None = None, skip_callers: frozenset[str] = frozenset()):
+        self.what, self.on_call, self.kernel = what, on_call, kernel
+        self.module_names, self.skip_callers = module_names, skip_callers
+        table = SESSION.symbolizer().kernel
+        self.functions = {table.by_name[n].addr: n for n in functions if n in table.by_name}
+        self.hooks: dict[int, tuple[SilentHook, str | None]] = {}
+        self.installed = False
+
+    def install(self) -> None:
+        if self.installed or not self.functions:
+            return
+        self.installed = True
+        if self.kernel:
+            table = SESSION.symbolizer().kernel
+            for site, _ in elf_calls_to(SESSION.vmlinux_path(), self.functions, BRANCHES):
+                located = table.lookup(site)
+                caller = located.symbol.name.split(".")[0] if located else ""
+                if caller not in self.skip_callers:
+                    self._hook(site, None)
+        MODULES.load_listeners.append(self.on_module_load)
+        MODULES.unload_listeners.append(self.on_module_unload)
+        if target.connected() and target.register("cr0") & (1 << 31):
+            for mod in list_modules(SESSION.vmem(), SESSION.layout()):
+                self.on_module_load(mod)
+
+    def remove(self) -> None:
+        for hook, _ in self.hooks.values():
+            if hook.is_valid():
+                hook.delete()
+        self.hooks.clear()
+        for listeners, fn in ((MODULES.load_listeners, self.on_module_load),
+                              (MODULES.unload_listeners, self.on_module_unload)):
+            if fn in listeners:
+                listeners.remove(fn)
+        self.installed = False
+
+    def sites(self, module: str | None = None) -> list[int]:
+        return sorted(a for a, (_, m) in self.hooks.items() if m == module)
+
+    def on_module_load(self, mod: ModuleInfo) -> None:
+        if self.module_names is not None and mod.name not in self.module_names:
+            return
+        vmem, layout = SESSION.vmem(), SESSION.layout()
+        for base, size, _init in module_text(vmem, layout, mod.address):
+            for site, _ in calls_to(vmem.read(base, size), base, self.functions, BRANCHES):
+                self._hook(site, mod.name)
+
+    def on_module_unload(self, name: str) -> None:
+        for addr, (hook, module) in list(self.hooks.items()):
+            if module == name:
+                if hook.is_valid():
+                    hook.delete()
+                del self.hooks[addr]
+
+    def _hook(self, site: int, module: str | None) -> None:
+        old = self.hooks.pop(site, None)
+        if old is not None and old[0].is_valid():
+            old[0].delete()
+        hook = SilentHook(f"*{site:#x}", lambda: self._stop(site, module), self.what)
+        self.hooks[site] = (hook, module)
+
+    def _stop(self, site: int, module: str | None) -> bool:
+        try:
+            code = SESSION.vmem().read(site, CALL_LENGTH)
+        except (PagingError, MemoryError_):
+            return False
+        callee = call_target(code, site, BRANCHES)
+        if callee not in self.functions:
+            return False                  # the code is gone (freed init text, unloaded module)
+        return self.on_call(Call(site, self.functions[callee], module, CALL_REGISTERS.read(),
+                                 tail=code[0] == JMP_REL32))
