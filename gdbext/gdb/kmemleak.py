@@ -13,8 +13,9 @@ from ..core.heap.context import GuestContext
 from ..core.heap.model import KIND_NAMES, Heap
 from ..core.heap.model import CacheInfo, HeapError
 from ..core.heap.context import PAGE_SIZE
-from ..core.heap.pageowner import PageOwner, page_owner
-from ..core.heap.tracks import ALLOC, FREE, read_track, tracks_enabled
+from ..core.heap.pageowner import PageOwner, page_owner, requested_from
+from ..core.allocsites import CACHE_CREATORS
+from ..core.heap.tracks import ALLOC, FREE, SLAB_STORE_USER, read_track, tracks_enabled
 from ..core.heap.walk import Snapshot, walk_heap
 from ..core.kernel import list_modules
 from ..core.percpu import first_chunk_area, percpu_roots
@@ -90,6 +91,7 @@ class Kmemleak:
         self.state = LeakState()
         self.annotations = Annotations()
         self.watch: CallWatch | None = None
+        self.cache_watch: CallWatch | None = None
         self.exited = ExitedTasks()
         self.last: ScanOutcome | None = None
 
@@ -117,6 +119,26 @@ class Kmemleak:
         if kind == UPDATE_TRACE:        # the stack above a tail call's return address
             trace = stack_backtrace(call.returns_to, call.regs["rsp"] + 8 * call.tail)
         self.annotations.record(kind, call.regs["rdi"], call.regs["rsi"], trace)
+        return False
+
+    def track_module_caches(self, on: bool) -> None:
+        """SLUB user tracking (allocation backtraces) for every cache a module creates from
+        now on, decided from the host: kmem_cache_create() is called with SLAB_STORE_USER
+        added to its flags, as slub_debug=U,NAME would for a NAME not known at boot. One stop
+        per cache a module creates. Such a cache is never merged, so it keeps its name."""
+        if on and self.cache_watch is None:
+            self.cache_watch = CallWatch("module cache tracking", CACHE_CREATORS,
+                                         self._cache_created, kernel=False)
+            self.cache_watch.install()
+        elif not on and self.cache_watch is not None:
+            self.cache_watch.remove()
+            self.cache_watch = None
+
+    @staticmethod
+    def _cache_created(call: Call) -> bool:
+        rcx = call.regs["rcx"]                     # slab_flags_t flags, both creators' 4th argument
+        if not rcx & SLAB_STORE_USER:
+            target.set_raw({"rcx": (rcx & ~0xFFFFFFFF) | (rcx & 0xFFFFFFFF) | SLAB_STORE_USER})
         return False
 
     def annotation_note(self) -> list[str]:
@@ -240,7 +262,7 @@ class Describer:
             leak.backtrace = track["backtrace"]
         elif owner:
             leak.pid, leak.comm = owner.pid, owner.comm
-            leak.backtrace = [frame_for(pc) for pc in owner.stack]
+            leak.backtrace = [frame_for(pc) for pc in requested_from(owner.stack, ctx.symbol_name)]
         elif extra and extra.caller:
             leak.backtrace = [frame_for(extra.caller)]
         updated = self.annotations.trace_of(heap, i) if self.annotations else None

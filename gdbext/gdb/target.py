@@ -69,7 +69,7 @@ class RawRegisters:
 
 
 # Register numbers of QEMU's x86-64 target description (P packets).
-RAW_REGNUM = {"rax": 0, "rsp": 7, "rip": 16}
+RAW_REGNUM = {"rax": 0, "rcx": 2, "rsp": 7, "rip": 16}
 
 
 def set_raw(values: dict[str, int]) -> None:

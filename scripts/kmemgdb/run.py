@@ -123,7 +123,7 @@ def run(options: RunOptions) -> tuple[dict, int]:
         try:
             with booted(lab_opts, workdir) as lab:
                 if options.kmemleak:
-                    doc["kmemleak"]["baseline"] = _kmemleak_baseline(lab, deadline)
+                    doc["kmemleak"]["baseline"] = _kmemleak_baseline(lab, deadline, options.backtraces)
                 if options.kmemcheck:
                     _kmemcheck_start(lab, options.kmemcheck, deadline)
                 if options.fail_alloc:
@@ -177,22 +177,23 @@ def _collect(lab: Lab, options: RunOptions, doc: dict, deadline: Deadline) -> No
 
 def kernel_arguments(options: RunOptions) -> list[str]:
     """The guest's command line additions: the reference kmemleak, kmemcheck's, and for leak
-    backtraces SLUB user tracking on every cache (it also keeps SLUB from merging a module's
-    cache into another one, so its name stays) and page_owner (large kmallocs, vmalloc). A
+    backtraces SLUB user tracking on the kmalloc caches (the caches modules create get it
+    from the host: `kmemleak module-caches=on`) and page_owner (large kmallocs, vmalloc). A
     slub_debug= the user gave is kept, with U added to its first flag group."""
     args = ["kmemleak=on"] if options.reference_kmemleak else []
     user = list(options.append)
-    if options.kmemleak and options.backtraces:
-        given = [a for a in user if a.startswith("slub_debug=")]
-        if given:
-            user[user.index(given[-1])] = with_user_tracking(given[-1])
-        else:
-            args.append("slub_debug=U")
-        if not any(a.startswith("page_owner=") for a in user):
-            args.append("page_owner=on")
+    backtraces = options.kmemleak and options.backtraces
+    tracked = ["kmalloc-*"] if backtraces else []
     if options.kmemcheck:
-        args += [a for a in options.kmemcheck.append()
-                 if not (a.startswith("slub_debug=") and any(x.startswith("slub_debug=") for x in args + user))]
+        args += [a for a in options.kmemcheck.append() if not a.startswith("slub_debug=")]
+        tracked += options.kmemcheck.caches
+    given = [a for a in user if a.startswith("slub_debug=")]
+    if given and backtraces:
+        user[user.index(given[-1])] = with_user_tracking(given[-1])
+    elif not given and tracked:
+        args.append("slub_debug=U," + ",".join(tracked))
+    if backtraces and not any(a.startswith("page_owner=") for a in user):
+        args.append("page_owner=on")
     return args + user
 
 
@@ -253,13 +254,15 @@ def _settle_console(lab: Lab, seconds: float = 5) -> None:
         pass
 
 
-def _kmemleak_baseline(lab: Lab, deadline: Deadline) -> int:
+def _kmemleak_baseline(lab: Lab, deadline: Deadline, backtraces: bool) -> int:
     """Scan once the guest is up and clear what boot left behind, as kernel developers do with
     `echo clear > /sys/kernel/debug/kmemleak`: the report then holds what the steps leaked.
     The annotation hooks (at the calls, not in kmemleak_*) stay on through the steps."""
     lab.gdb.interrupt(timeout=deadline.left())
     lab.gdb.checked("kmemleak scan", timeout=deadline.left())
     out = lab.gdb.checked("kmemleak clear")
+    if backtraces:
+        lab.gdb.checked("kmemleak module-caches=on")
     lab.gdb.cont()
     m = re.search(r"(\d+) suspect", out)
     return int(m.group(1)) if m else 0

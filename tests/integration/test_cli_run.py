@@ -58,9 +58,9 @@ def test_kernel_oops_is_a_finding_and_the_run_goes_on_to_its_reports(tmp_path, h
     doc = json.loads(report.read_text())
     assert [s["exit_status"] for s in doc["steps"]] == [0, None]
     [oops] = doc["kernel_reports"]
-    assert oops["kind"] == "oops" and oops["title"].startswith("kernel BUG at")
+    assert oops["kind"] == "bug" and oops["title"].startswith("kernel BUG at")
     assert "kmemgdb_hello_bug_write" in oops["text"] and doc["kmemleak"]["objects"] > 10000
-    assert "kernel oops report" in res.stdout
+    assert "kernel bug report" in res.stdout
 
 
 def test_timeout_is_exit_2():

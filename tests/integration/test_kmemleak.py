@@ -168,11 +168,13 @@ def test_corrupted_freelist_is_reported_not_fatal(lab, hello_loaded, bad):
         gdb.checked(f"set *(unsigned long *){where} = {garbage}")
         try:
             out = scan(gdb)
-            assert "heap walk:" in out and ("loops" in out if bad == "self" else "is not an object" in out)
-            assert "heap walk" in gdb.checked("kmemleak")
+            kind = "double free" if bad == "self" else "corrupted freelist"
+            assert f"kmemleak: {kind}:" in out and ("loops" in out if bad == "self" else "is not an object" in out)
+            assert f"{kind}: object {head}" in gdb.checked("kmemleak")   # the list's first object
         finally:
             gdb.checked(f"set *(unsigned long *){where} = {value}")
-        assert "heap walk" not in scan(gdb)
+        assert kind not in scan(gdb)
+
 
 
 def settle_stopped(gdb) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 from gdbext.core.allocsites import FailurePlan
 from gdbext.core.codescan import CALL_REL32, JMP_REL32, call_target, calls_to
 from gdbext.core.heap.context import GuestContext
-from gdbext.core.heap.pageowner import PFN_SECTION_SHIFT, page_owner
+from gdbext.core.heap.pageowner import PFN_SECTION_SHIFT, page_owner, requested_from
 from gdbext.core.kernel import KernelLayout
 from gdbext.core.memory import FlatMemory
 from gdbext.core.roots import current_task, task_identity
@@ -62,6 +62,12 @@ def test_page_owner_names_who_allocated_a_page():
     assert page_owner(k.ctx, 1 << PFN_SECTION_SHIFT << 7) is None   # a root never set up
     k.put(SYMBOLS["page_owner_inited"], "<I", 0)            # booted without page_owner=on
     assert page_owner(k.ctx, 7) is None
+
+
+def test_page_allocator_frames_are_dropped_from_a_page_owner_stack():
+    names = {1: "get_page_from_freelist", 2: "__alloc_pages", 3: "__kmalloc_large_node", 4: "drv_probe"}
+    assert requested_from([1, 2, 3, 4], names.get) == [3, 4]
+    assert requested_from([1, 2], names.get) == [2]          # never empty
 
 
 def test_calls_and_tail_calls_to_a_function():

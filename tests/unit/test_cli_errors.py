@@ -53,7 +53,7 @@ def test_kmemcheck_spec_becomes_commands_and_boot_arguments():
 
 def test_leak_runs_boot_with_backtraces_keeping_what_the_user_asked():
     from kmemgdb.run import RunOptions, kernel_arguments, parse_fail_alloc, with_user_tracking
-    assert kernel_arguments(RunOptions(kmemleak=True)) == ["slub_debug=U", "page_owner=on"]
+    assert kernel_arguments(RunOptions(kmemleak=True)) == ["slub_debug=U,kmalloc-*", "page_owner=on"]
     assert kernel_arguments(RunOptions(kmemleak=True, backtraces=False)) == []
     assert kernel_arguments(RunOptions(kmemleak=True, append=["slub_debug=FZP", "quiet"])) == [
         "page_owner=on", "slub_debug=FZPU", "quiet"]
@@ -61,6 +61,9 @@ def test_leak_runs_boot_with_backtraces_keeping_what_the_user_asked():
     assert with_user_tracking("slub_debug=U,foo") == "slub_debug=U,foo"
     assert with_user_tracking("slub_debug=-") == "slub_debug=U"
     with_kmemcheck = RunOptions(kmemleak=True, kmemcheck=KmemcheckSpec.parse("cache:foo"))
-    assert kernel_arguments(with_kmemcheck) == ["slub_debug=U", "page_owner=on", "debug_pagealloc=on"]
+    assert kernel_arguments(with_kmemcheck) == ["debug_pagealloc=on", "slub_debug=U,kmalloc-*,foo",
+                                                "page_owner=on"]
+    assert kernel_arguments(RunOptions(kmemcheck=KmemcheckSpec.parse("cache:foo"))) == [
+        "debug_pagealloc=on", "slub_debug=U,foo"]
     assert parse_fail_alloc("module:my-drv,nth=3") == ("my_drv", 3)
     assert parse_fail_alloc("module:my_drv", sweep=True) == ("my_drv", 1)

@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 from .context import PAGE_SIZE, GuestContext
 from .tracks import depot_stack
 
+# The page allocator's own frames on top of a page_owner stack (its record is taken in
+# post_alloc_hook(), inlined into get_page_from_freelist()): dropped, so a report starts where
+# the allocation was asked for (__kmalloc_large_node, __vmalloc_node_range, ...).
+PAGE_ALLOCATOR = ("get_page_from_freelist", "__alloc_pages", "alloc_pages", "__folio_alloc",
+                  "prep_new_page", "post_alloc_hook")
 # x86-64 SECTION_SIZE_BITS (arch/x86/include/asm/sparsemem.h, unchanged since 2.6): a macro,
 # so not in DWARF.
 PFN_SECTION_SHIFT = 27 - 12
@@ -60,3 +65,11 @@ def page_owner(ctx: GuestContext, pfn: int) -> PageOwner | None:
         return None
     return PageOwner(mem.u32(owner + lay.off("page_owner.pid")),
                      mem.cstr(owner + lay.off("page_owner.comm"), 16), depot_stack(ctx, handle))
+
+
+def requested_from(stack: list[int], name_of) -> list[int]:
+    """STACK without the page allocator's frames on top (NAME_OF(pc): the function's name)."""
+    i = 0
+    while i < len(stack) - 1 and (name_of(stack[i]) or "").startswith(PAGE_ALLOCATOR):
+        i += 1
+    return stack[i:]

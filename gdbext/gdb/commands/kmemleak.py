@@ -38,6 +38,9 @@ kmemleak hooks=on|off    watch the kernel's and modules' kmemleak_not_leak/ignor
                          its whole page slowly, and they share one with kmemleak_alloc/free),
                          and task exits (names of exited tasks). Annotations already seen are
                          kept when off.
+kmemleak module-caches=on|off  give every cache a module creates from now on SLUB user
+                         tracking (allocation backtraces), as slub_debug=U,NAME would: its
+                         kmem_cache_create() call gets SLAB_STORE_USER added (default off)
 kmemleak on|off          enable or disable kmemleak (off also removes the hooks)"""
 
 
@@ -55,6 +58,7 @@ class KmemleakCommand(KmemCommand):
         handler = {"scan": self.scan, "report": self.show, "clear": self.clear, "mark": self.mark,
                    "new": lambda a: self.show(["--new"] + a), "dump": self.dump, "why": self.why,
                    "stack": self.stack, "age": self.age, "hooks": self.hooks, "suppress": self.suppress,
+                   "module-caches": self.module_caches,
                    "suppressions": self.suppressions, "on": self.on, "off": self.off}.get(verb)
         if handler is None:
             raise gdb.GdbError(f"kmemleak: unknown command {argv[0]!r} (see `help kmemleak`)")
@@ -191,6 +195,14 @@ class KmemleakCommand(KmemCommand):
         gdb.write(f"kmemleak: annotation hooks {'on' if KMEMLEAK.hooks else 'off'} "
                   f"({len(KMEMLEAK.annotations.calls)} annotation(s) remembered)\n")
 
+    def module_caches(self, args) -> None:
+        on = _on_off("kmemleak module-caches", args)
+        if on:
+            require_stopped_guest("kmemleak module-caches")
+        KMEMLEAK.track_module_caches(on)
+        gdb.write(f"kmemleak: caches modules create {'get' if on else 'do not get'} SLUB user "
+                  "tracking\n")
+
     def age(self, args) -> None:
         KMEMLEAK.state.age_rule = _on_off("kmemleak age", args)
         gdb.write(f"kmemleak: age rule {'on' if KMEMLEAK.state.age_rule else 'off'}\n")
@@ -233,6 +245,7 @@ class KmemleakCommand(KmemCommand):
         _parse("kmemleak off", args)
         KMEMLEAK.enabled = False
         KMEMLEAK.remove_hooks()
+        KMEMLEAK.track_module_caches(False)
         periodic().stop()
         gdb.write("kmemleak: off (guest hooks removed)\n")
 
