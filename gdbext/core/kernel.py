@@ -203,3 +203,8 @@ def kernel_info(mem: VirtualMemory, layout: KernelLayout) -> KernelInfo:
         slab_caches=count_slab_caches(mem, layout),
         modules=list_modules(mem, layout),
     )
+
+
+def system_running(mem: VirtualMemory, layout: KernelLayout) -> bool:
+    """Boot is over: system_state has reached SYSTEM_RUNNING (init/main.c, enum system_states)."""
+    return mem.u32(layout.sym("system_state")) >= layout.const("SYSTEM_RUNNING")

@@ -150,3 +150,36 @@ def page_struct_rows(ctx: GuestContext, memmap: np.ndarray) -> np.ndarray:
     word, byte = divmod(ctx.layout.off("page._refcount"), 8)
     refcount = (memmap[:, word] >> np.uint64(byte * 8)) & np.uint64(0xFFFFFFFF)
     return np.nonzero(refcount != 0)[0]
+
+
+def kfree_rcu_roots(ctx: GuestContext) -> list[Root]:
+    """Objects queued by kvfree_rcu() wait in pages of pointers (struct kvfree_rcu_bulk_data)
+    that are no heap object and no root: kvfree_call_rcu() calls kmemleak_ignore() on each, as
+    the caller considers it freed. A breakpoint there would stop every kfree_rcu(); the pages
+    are scanned as roots instead, which keeps the queued objects from being reported.
+    6.1 (kernel/rcu/tree.c): per-CPU krc: bkvhead[FREE_N_CHANNELS] (not yet waiting for a grace
+    period) and krw_arr[KFREE_N_BATCHES].bkvhead_free[] (waiting); array lengths from DWARF."""
+    lay = ctx.layout
+    if not lay.has_sym("krc"):
+        return []
+    channels = (lay.off("kfree_rcu_cpu.krw_arr") - lay.off("kfree_rcu_cpu.bkvhead")) // 8
+    batches = ((lay.off("kfree_rcu_cpu.lock") - lay.off("kfree_rcu_cpu.krw_arr"))
+               // lay.size("kfree_rcu_cpu_work"))
+    records = lay.off("kvfree_rcu_bulk_data.records")
+    roots = []
+    for cpu, offset in enumerate(ctx.cpu_offsets):
+        krc = (lay.sym("krc") + offset) & (1 << 64) - 1
+        heads = [krc + lay.off("kfree_rcu_cpu.bkvhead") + 8 * ch for ch in range(channels)]
+        for b in range(batches):
+            work = krc + lay.off("kfree_rcu_cpu.krw_arr") + b * lay.size("kfree_rcu_cpu_work")
+            heads += [work + lay.off("kfree_rcu_cpu_work.bkvhead_free") + 8 * ch
+                      for ch in range(channels)]
+        for head in heads:
+            page, seen = ctx.u64(head), 0
+            while page and seen < 1024:
+                count = min(ctx.u64(page + lay.off("kvfree_rcu_bulk_data.nr_records")),
+                            (PAGE_SIZE - records) // 8)
+                if count:
+                    roots.append(Root(f"kvfree_rcu queue of CPU {cpu}", page + records, 8 * count))
+                page, seen = ctx.u64(page + lay.off("kvfree_rcu_bulk_data.next")), seen + 1
+    return roots

@@ -10,7 +10,6 @@ from .modules import MODULES
 from .session import SESSION
 
 _attached = False
-CR0_PG = 1 << 31
 
 
 def ensure_attached() -> None:
@@ -23,7 +22,7 @@ def ensure_attached() -> None:
     MODULES.install()
     if KMEMLEAK.enabled and KMEMLEAK.hooks_wanted:
         KMEMLEAK.install_hooks()
-    if target.register("cr0") & CR0_PG:  # not before the kernel runs (QEMU started with -S)
+    if target.paging_on():
         MODULES.load_all()
 
 

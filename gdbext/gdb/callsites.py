@@ -68,7 +68,7 @@ class CallWatch:
                     self._hook(site, None)
         MODULES.load_listeners.append(self.on_module_load)
         MODULES.unload_listeners.append(self.on_module_unload)
-        if target.connected() and target.register("cr0") & (1 << 31):
+        if target.connected() and target.paging_on():
             for mod in list_modules(SESSION.vmem(), SESSION.layout()):
                 self.on_module_load(mod)
 
@@ -82,6 +82,15 @@ class CallWatch:
             if fn in listeners:
                 listeners.remove(fn)
         self.installed = False
+
+    def drop_kernel(self) -> int:
+        """Unhook the calls in vmlinux (keep the modules'); how many there were."""
+        kernel = [a for a, (_, module) in self.hooks.items() if module is None]
+        for addr in kernel:
+            hook = self.hooks.pop(addr)[0]
+            if hook.is_valid():
+                hook.delete()
+        return len(kernel)
 
     def sites(self, module: str | None = None) -> list[int]:
         return sorted(a for a, (_, m) in self.hooks.items() if m == module)

@@ -17,7 +17,7 @@ from ..core.heap.pageowner import PageOwner, page_owner, requested_from
 from ..core.allocsites import CACHE_CREATORS
 from ..core.heap.tracks import ALLOC, FREE, SLAB_STORE_USER, read_track, tracks_enabled
 from ..core.heap.walk import Snapshot, walk_heap
-from ..core.kernel import list_modules
+from ..core.kernel import list_modules, system_running
 from ..core.percpu import first_chunk_area, percpu_roots
 from ..core.leakreport import HeapEvent, HeapFinding, Leak
 from ..core.leakstate import (FREE_PART, IGNORE, NO_SCAN, NOT_LEAK, SCAN_AREA, UPDATE_TRACE,
@@ -28,7 +28,7 @@ from ..core.roots import current_task, task_identity
 from . import target
 from .callsites import Call, CallWatch
 from .callstack import stack_backtrace
-from .hooks import SilentHook
+from .modules import MODULES
 from .session import SESSION
 from .heapctx import guest_context, vcpu_registers
 from .symbolize import frame_for
@@ -36,40 +36,33 @@ from .symbolize import frame_for
 ANNOTATIONS = {"kmemleak_not_leak": NOT_LEAK, "kmemleak_ignore": IGNORE,
                "kmemleak_no_scan": NO_SCAN, "kmemleak_free_part": FREE_PART,
                "kmemleak_scan_area": SCAN_AREA, "kmemleak_update_trace": UPDATE_TRACE}
-# Kernel callers whose annotation is applied as a rule (slub.SCAN_FROM_MEMBER): a hook there
-# would stop the guest on every vmalloc.
-RULED_CALLERS = frozenset({"alloc_vmap_area"})
+# Kernel callers whose annotation is applied as a rule (slub.SCAN_FROM_MEMBER, roots.
+# kfree_rcu_roots): a hook there would stop the guest on every vmalloc or kfree_rcu().
+RULED_CALLERS = frozenset({"alloc_vmap_area", "kvfree_call_rcu"})
 NO_ANNOTATIONS = ("this kernel has no kmemleak annotations to watch (CONFIG_DEBUG_KMEMLEAK is "
                   "off): objects its code marks with kmemleak_not_leak() or kmemleak_ignore() "
                   "may be reported")
 
 
-class ExitedTasks:
-    """pid -> comm of the tasks that exited while kmemgdb watched. SLUB's track keeps only a
-    pid, and the task that leaked is often gone by the scan (every insmod). One stop per task
-    exit, at do_exit (kernel/exit.c: process teardown, no hot path on its page)."""
+class TaskNames:
+    """pid -> comm of the tasks that were running at kmemgdb's module load and unload stops
+    (insmod, rmmod, modprobe). SLUB's track keeps only a pid, and the task that leaked is often
+    gone by the scan (every insmod). No stop of its own: QEMU 7.2 checks every breakpoint on
+    every lookup of translated code, so each costs the whole guest about 3 % (measured); names
+    are taken where the guest stops anyway."""
 
     def __init__(self):
         self.names: dict[int, str] = {}
-        self.hook: SilentHook | None = None
 
     def install(self) -> None:
-        if self.hook is None:
-            try:
-                self.hook = SilentHook("*do_exit", self._record, "task names")
-            except gdb.error:
-                pass
+        for listeners in (MODULES.load_listeners, MODULES.unload_listeners):
+            if self.note_current not in listeners:
+                listeners.append(self.note_current)
 
-    def remove(self) -> None:
-        if self.hook is not None and self.hook.is_valid():
-            self.hook.delete()
-        self.hook = None
-
-    def _record(self) -> bool:
+    def note_current(self, _module=None) -> None:
         vmem, layout = SESSION.vmem(), SESSION.layout()
         pid, comm = task_identity(vmem, layout, current_task(vmem, layout, target.register("gs_base")))
         self.names[pid] = comm
-        return False
 
 
 @dataclass
@@ -92,7 +85,7 @@ class Kmemleak:
         self.annotations = Annotations()
         self.watch: CallWatch | None = None
         self.cache_watch: CallWatch | None = None
-        self.exited = ExitedTasks()
+        self.tasks = TaskNames()
         self.last: ScanOutcome | None = None
 
     @property
@@ -100,15 +93,19 @@ class Kmemleak:
         return self.watch is not None
 
     def install_hooks(self) -> None:
-        """Watch the annotation calls of vmlinux and of every module, at the call sites."""
-        self.exited.install()
+        """Watch the annotation calls of every module, at the call sites, and those of vmlinux
+        until boot is over (the kernel's own annotations are boot-time ones, or rules)."""
+        self.tasks.install()
         if self.watch is None:
             self.watch = CallWatch("kmemleak annotation", ANNOTATIONS, self._annotated,
-                                   skip_callers=RULED_CALLERS)
+                                   kernel=not self._booted(), skip_callers=RULED_CALLERS)
             self.watch.install()
 
+    @staticmethod
+    def _booted() -> bool:
+        return target.paging_on() and system_running(SESSION.vmem(), SESSION.layout())
+
     def remove_hooks(self) -> None:
-        self.exited.remove()
         if self.watch is not None:
             self.watch.remove()
             self.watch = None
@@ -156,16 +153,19 @@ class Kmemleak:
         task_list = R.tasks(ctx)       # walked once: stacks, roots and report names use it
         R.settle_stacks(ctx, heap, task_list)
         roots = (R.section_roots(ctx) + percpu_roots(ctx) + R.module_roots(ctx, modules)
-                 + R.reserved_roots(ctx, snap.memmap, [first_chunk_area(ctx)]))
+                 + R.reserved_roots(ctx, snap.memmap, [first_chunk_area(ctx)])
+                 + R.kfree_rcu_roots(ctx))
         if self.stack_scan:
             roots += R.stack_roots(ctx, task_list)
         pages = L.PageStructs(snap.memmap, R.page_struct_rows(ctx, snap.memmap))
         result = L.scan(ctx, heap, roots, vcpu_registers(), pages)
-        describe = Describer(ctx, heap, task_list, self.exited.names, self.annotations)
+        describe = Describer(ctx, heap, task_list, self.tasks.names, self.annotations)
         leaks = self._leaks(describe, result)
         seconds = time.perf_counter() - start
         outcome = ScanOutcome(snap, result, L.root_names(roots), leaks, seconds)
         outcome.notes += self.annotation_note()
+        if self.watch is not None and system_running(ctx.vmem, ctx.layout):
+            self.watch.drop_kernel()      # every breakpoint slows the whole guest (TaskNames)
         if not any(tracks_enabled(c) for c in heap.caches):
             outcome.notes.append("no SLUB user tracking in this guest: boot it with slub_debug=U "
                                  "for allocation backtraces, pid and age of slab objects")

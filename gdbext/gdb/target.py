@@ -68,6 +68,14 @@ class RawRegisters:
                 for name, (off, size) in self.layout.items()}
 
 
+CR0_PG = 1 << 31
+
+
+def paging_on() -> bool:
+    """The guest kernel has started (a QEMU started with -S has not: its RAM is still empty)."""
+    return bool(register("cr0") & CR0_PG)
+
+
 # Register numbers of QEMU's x86-64 target description (P packets).
 RAW_REGNUM = {"rax": 0, "rcx": 2, "rsp": 7, "rip": 16}
 

@@ -199,3 +199,23 @@ def test_update_trace_follows_its_object():
     notes.apply(heap)
     assert notes.trace_of(heap, heap.find(a)) == [0xFFFFFFFF81000000]
     assert len(notes.traces) == 1
+
+
+def test_objects_queued_by_kfree_rcu_are_not_leaks():
+    """kvfree_call_rcu() ignores what it queues; the queue pages are scanned as roots instead."""
+    from gdbext.core.roots import kfree_rcu_roots
+    g = Guest()
+    offsets = {"kfree_rcu_cpu.bkvhead": 8, "kfree_rcu_cpu.krw_arr": 24, "kfree_rcu_cpu.lock": 24 + 2 * 48,
+               "kfree_rcu_cpu_work.bkvhead_free": 24, "kvfree_rcu_bulk_data.nr_records": 0,
+               "kvfree_rcu_bulk_data.next": 8, "kvfree_rcu_bulk_data.records": 16}
+    g.ctx.layout = KernelLayout({"krc": PO + 0x1000}, offsets, sizes={"kfree_rcu_cpu_work": 48})
+    waiting, queued = PO + 0x2000, PO + 0x3000              # two pages of pointers
+    a, b, c = g.obj(0x10000, 64), g.obj(0x20000, 64), g.obj(0x30000, 64)
+    g.put(PO + 0x1000 + 8 + 8, queued)                      # bkvhead[1]
+    g.put(queued, 1, 0, a)
+    g.put(PO + 0x1000 + 24 + 48 + 24, waiting)              # krw_arr[1].bkvhead_free[0]
+    g.put(waiting, 1, 0, b)
+    g.roots = kfree_rcu_roots(g.ctx)
+    assert [r.size for r in g.roots] == [8, 8]
+    heap, res = g.scan()
+    assert leaked(heap, res) == {0x30000} and c == PO + 0x30000
