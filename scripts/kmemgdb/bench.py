@@ -20,6 +20,7 @@ class Config:
     append: list[str]
     host_kmemleak: bool
     hooks: bool = False
+    module: str = ""          # a test module loaded before the workload (its code does not run)
 
 
 RUN_DEFAULT = kernel_arguments(RunOptions(kmemleak=True))   # what `run --kmemleak` boots with
@@ -29,6 +30,8 @@ CONFIGS = [
     Config("host kmemleak, annotation hooks off", [], True),
     Config("host kmemleak, annotations watched", [], True, hooks=True),
     Config("`run --kmemleak` default: " + " ".join(RUN_DEFAULT), RUN_DEFAULT, True, hooks=True),
+    Config("the same, kmemgdb_leaks.ko loaded (5 annotation calls)", RUN_DEFAULT, True, hooks=True,
+           module="kmemgdb_leaks"),
     Config("in-kernel kmemleak=on", ["kmemleak=on"], False),
     Config(" ".join(RUN_DEFAULT) + ", no checker", RUN_DEFAULT, False),
 ]
@@ -49,7 +52,10 @@ def _stops(lab) -> int:
 
 
 def measure(config: Config, runs: int, workdir: Path) -> dict:
-    with booted(LabOptions(append=config.append), workdir) as lab:
+    modules = [_test_module(config.module)] if config.module else []
+    with booted(LabOptions(append=config.append, modules=modules), workdir) as lab:
+        if modules:
+            lab.run(f"insmod /modules/{modules[0].name}")
         if not config.host_kmemleak:
             lab.gdb.interrupt()
             lab.gdb.checked("kmemleak off")
@@ -78,6 +84,12 @@ def measure(config: Config, runs: int, workdir: Path) -> dict:
             result["kernel_scan_s"] = min(_guest_seconds(lab, "echo scan > /sys/kernel/debug/kmemleak")
                                           for _ in range(3))
         return result
+
+
+def _test_module(name: str) -> Path:
+    from .kernel import ensure_kernel
+    from .modbuild import build_module
+    return build_module(ensure_kernel(), Path(__file__).resolve().parents[2] / "tests/modules" / name)[0]
 
 
 def bench_kmemleak(runs: int = 2) -> int:
