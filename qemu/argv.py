@@ -8,7 +8,9 @@ from pathlib import Path
 # no_hash_pointers: reports printed by the guest (oopses, the in-kernel kmemleak) show real
 # addresses; a TCG guest often has no entropy yet and would print "(____ptrval____)".
 # i8042.noaux: no PS/2 mouse probe (a late, slow one under TCG).
-BASE_CMDLINE = ["console=ttyS0", "nokaslr", "panic=-1", "no_hash_pointers", "i8042.noaux"]
+# panic=0: a panicking kernel stays where it is instead of rebooting (QEMU runs with -no-reboot
+# and would exit): its memory is intact, and a run still scans it after the console says so.
+BASE_CMDLINE = ["console=ttyS0", "nokaslr", "panic=0", "no_hash_pointers", "i8042.noaux"]
 
 
 @dataclass

@@ -9,28 +9,26 @@ import gdb
 
 from ..core import leaks as L
 from ..core import roots as R
-from ..core.heap.context import GuestContext
-from ..core.heap.model import KIND_NAMES, Heap
-from ..core.heap.model import CacheInfo, HeapError
-from ..core.heap.context import PAGE_SIZE
-from ..core.heap.pageowner import PageOwner, page_owner, requested_from
 from ..core.allocsites import CACHE_CREATORS
+from ..core.heap.context import PAGE_SIZE, GuestContext
+from ..core.heap.model import KIND_NAMES, CacheInfo, Heap, HeapError
+from ..core.heap.pageowner import PageOwner, page_owner, requested_from
 from ..core.heap.tracks import ALLOC, FREE, SLAB_STORE_USER, read_track, tracks_enabled
 from ..core.heap.walk import Snapshot, walk_heap
 from ..core.kernel import list_modules, system_running
-from ..core.percpu import first_chunk_area, percpu_roots
 from ..core.leakreport import HeapEvent, HeapFinding, Leak
 from ..core.leakstate import (FREE_PART, IGNORE, NO_SCAN, NOT_LEAK, SCAN_AREA, UPDATE_TRACE,
                               Annotations, LeakState)
 from ..core.memory import MemoryError_
 from ..core.paging import PagingError
+from ..core.percpu import first_chunk_area, percpu_roots
 from ..core.roots import current_task, task_identity
 from . import target
 from .callsites import Call, CallWatch
 from .callstack import stack_backtrace
+from .heapctx import guest_context, vcpu_registers
 from .modules import MODULES
 from .session import SESSION
-from .heapctx import guest_context, vcpu_registers
 from .symbolize import frame_for
 
 ANNOTATIONS = {"kmemleak_not_leak": NOT_LEAK, "kmemleak_ignore": IGNORE,
@@ -45,11 +43,11 @@ NO_ANNOTATIONS = ("this kernel has no kmemleak annotations to watch (CONFIG_DEBU
 
 
 class TaskNames:
-    """pid -> comm of the tasks that were running at kmemgdb's module load and unload stops
-    (insmod, rmmod, modprobe). SLUB's track keeps only a pid, and the task that leaked is often
-    gone by the scan (every insmod). No stop of its own: QEMU 7.2 checks every breakpoint on
-    every lookup of translated code, so each costs the whole guest about 3 % (measured); names
-    are taken where the guest stops anyway."""
+    """pid -> comm of the tasks that were running at kmemgdb's stops: module load and unload
+    (insmod, rmmod, modprobe), a module's annotation calls and cache creations. SLUB's track
+    keeps only a pid, and the task that leaked is often gone by the scan (every insmod). No
+    stop of its own: QEMU 7.2 checks every breakpoint on every lookup of translated code, so
+    each costs the whole guest about 3 % (measured); names are taken where it stops anyway."""
 
     def __init__(self):
         self.names: dict[int, str] = {}
@@ -58,6 +56,11 @@ class TaskNames:
         for listeners in (MODULES.load_listeners, MODULES.unload_listeners):
             if self.note_current not in listeners:
                 listeners.append(self.note_current)
+
+    def remove(self) -> None:
+        for listeners in (MODULES.load_listeners, MODULES.unload_listeners):
+            if self.note_current in listeners:
+                listeners.remove(self.note_current)
 
     def note_current(self, _module=None) -> None:
         vmem, layout = SESSION.vmem(), SESSION.layout()
@@ -106,11 +109,13 @@ class Kmemleak:
         return target.paging_on() and system_running(SESSION.vmem(), SESSION.layout())
 
     def remove_hooks(self) -> None:
+        self.tasks.remove()
         if self.watch is not None:
             self.watch.remove()
             self.watch = None
 
     def _annotated(self, call: Call) -> bool:
+        self.tasks.note_current()
         kind = ANNOTATIONS[call.function]
         trace = None
         if kind == UPDATE_TRACE:        # the stack above a tail call's return address
@@ -131,11 +136,11 @@ class Kmemleak:
             self.cache_watch.remove()
             self.cache_watch = None
 
-    @staticmethod
-    def _cache_created(call: Call) -> bool:
-        rcx = call.regs["rcx"]                     # slab_flags_t flags, both creators' 4th argument
-        if not rcx & SLAB_STORE_USER:
-            target.set_raw({"rcx": (rcx & ~0xFFFFFFFF) | (rcx & 0xFFFFFFFF) | SLAB_STORE_USER})
+    def _cache_created(self, call: Call) -> bool:
+        self.tasks.note_current()
+        flags = call.regs["rcx"]                 # slab_flags_t, both creators' 4th argument
+        if not flags & SLAB_STORE_USER:
+            target.set_raw({"rcx": flags | SLAB_STORE_USER})
         return False
 
     def annotation_note(self) -> list[str]:

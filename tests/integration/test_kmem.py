@@ -104,7 +104,11 @@ def test_bad_input_gives_one_line_errors(lab):
             ("kmem frobnicate", "unknown subcommand 'frobnicate'"),
             ("kmem pte hide _text", "mapped by a 2 MiB page"),
             ("kmem pte show &init_uts_ns", "was not hidden by kmemgdb"),
+            ("kmem fail-alloc some_module", "expected MODULE N with N >= 1, or off"),
+            ("kmem fail-alloc some_module 0", "expected MODULE N with N >= 1, or off"),
+            ("kmem fail-alloc some_module x", "invalid int value"),
         ])
+        assert "no fail-alloc plan" in gdb.checked("kmem fail-alloc")
 
 
 def test_commands_refuse_a_running_guest(lab):

@@ -117,6 +117,16 @@ def test_reports_survive_an_oops_in_module_init(tmp_path, leaks_ko):
     assert "crashed the guest kernel" in res.stderr
 
 
+def test_reports_survive_a_panic(tmp_path, leaks_ko):
+    """panic=0: the panicking guest stays, stopped by kmemgdb, and is scanned."""
+    res, doc = kmemgdb_run(tmp_path, "--kmemleak", "--insmod", f"{leaks_ko} panic_in_init=1")
+    assert res.returncode == 1, res.stderr
+    assert [r["kind"] for r in doc["kernel_reports"]] == ["panic"]
+    assert "asked to panic" in doc["kernel_reports"][0]["title"]
+    leaked = {l["address"] for l in doc["kmemleak"]["leaks"]}
+    assert expectations(doc)["private_cache"][0] in leaked
+
+
 def test_fail_alloc_sweep_finds_the_error_path_leak(tmp_path, errpath_ko):
     res, doc = kmemgdb_run(tmp_path, "--kmemleak", "--insmod", errpath_ko,
                            "--fail-alloc-sweep", "module:kmemgdb_errpath", timeout=900)

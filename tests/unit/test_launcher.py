@@ -18,7 +18,7 @@ def test_argv_shares_ram_and_opens_gdbstub():
     assert "socket,id=sh0,path=/tmp/s,server=on,wait=off" in joined
     assert "-qmp unix:/tmp/q,server=on,wait=off" in joined
     assert argv[argv.index("-accel") + 1] == "tcg" and argv[argv.index("-smp") + 1] == "2"
-    assert argv[argv.index("-append") + 1] == "console=ttyS0 nokaslr panic=-1 no_hash_pointers i8042.noaux x=1"
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 nokaslr panic=0 no_hash_pointers i8042.noaux x=1"
 
 
 def test_kvm_needs_vmx_or_svm():

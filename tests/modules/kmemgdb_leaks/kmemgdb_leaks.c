@@ -9,7 +9,8 @@
  *   double_free   frees an object of a private cache twice
  *   overflow      writes 8 bytes past a 32-byte kmalloc, then frees it (a redzone overwrite)
  *
- * With crash_in_init=1 the init dereferences NULL after it leaked (an oops in insmod).
+ * With crash_in_init=1 the init dereferences NULL after it leaked (an oops in insmod), with
+ * panic_in_init=1 it panics.
  */
 #include <linux/debugfs.h>
 #include <linux/fs.h>
@@ -34,8 +35,9 @@ struct leaks_holder {
 static struct kmem_cache *leaks_req_cache, *leaks_df_cache;
 static struct dentry *leaks_file;
 static void *volatile leaks_df_kept;
-static bool crash_in_init;
+static bool crash_in_init, panic_in_init;
 module_param(crash_in_init, bool, 0);
+module_param(panic_in_init, bool, 0);
 /* Objects the module keeps (and frees on exit); they keep others alive, or not. */
 static struct leaks_holder *leaks_holder;
 static void **leaks_noscan;
@@ -200,6 +202,8 @@ static int __init kmemgdb_leaks_init(void)
 	leaks_make();
 	if (crash_in_init)
 		WRITE_ONCE(*(int *)leaks_sink, 1);	/* leaks_sink is NULL */
+	if (panic_in_init)
+		panic("kmemgdb_leaks: asked to panic");
 	leaks_file = debugfs_create_file("kmemgdb_leaks", 0200, NULL, NULL, &leaks_fops);
 	return 0;
 }
