@@ -12,7 +12,7 @@ from ..core import roots as R
 from ..core.allocsites import CACHE_CREATORS
 from ..core.heap.context import PAGE_SIZE, GuestContext
 from ..core.heap.model import KIND_NAMES, CacheInfo, Heap, HeapError
-from ..core.heap.pageowner import PageOwner, page_owner, requested_from
+from ..core.heap.pageowner import PageOwner, page_owner, requested_from, task_names
 from ..core.heap.tracks import ALLOC, FREE, SLAB_STORE_USER, read_track, tracks_enabled
 from ..core.heap.walk import Snapshot, walk_heap
 from ..core.kernel import list_modules, system_running
@@ -175,6 +175,7 @@ class Kmemleak:
             outcome.notes.append("no SLUB user tracking in this guest: boot it with slub_debug=U "
                                  "for allocation backtraces, pid and age of slab objects")
         outcome.heap_findings = [describe.heap_finding(e) for e in heap.errors]
+        name_exited_tasks(ctx, leaks + [e for f in outcome.heap_findings for e in (f.alloc, f.free) if e])
         self.state.observe(leaks)
         self.last = outcome
         return outcome
@@ -206,6 +207,16 @@ class Kmemleak:
             return set()
         names = [heap.caches[c].name if c >= 0 else "" for c in heap.cache.tolist()]
         return set(zip(heap.start.tolist(), heap.size.tolist(), names))
+
+
+def name_exited_tasks(ctx: GuestContext, records: list) -> None:
+    """Fill `comm` of records (leaks, heap events) whose task was neither running nor seen at
+    a stop, from the page allocator's records (page_owner=on)."""
+    unnamed = {r.pid for r in records if r.pid is not None and r.comm is None}
+    names = task_names(ctx, unnamed)
+    for r in records:
+        if r.comm is None and r.pid in names:
+            r.comm = names[r.pid]
 
 
 def jiffies_now(ctx: GuestContext) -> int:

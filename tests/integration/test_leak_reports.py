@@ -43,21 +43,26 @@ def module_frames(leak) -> list[str]:
 
 
 def test_every_module_leak_names_its_allocation_site(tmp_path, leaks_ko):
-    res, doc = kmemgdb_run(tmp_path, "--kmemleak", "--insmod", leaks_ko)
+    res, doc = kmemgdb_run(tmp_path, "--kmemleak", "--insmod", leaks_ko,
+                           "--exec", "echo leak | dd of=/sys/kernel/debug/kmemgdb_leaks")
     assert res.returncode == 1, res.stderr
     assert {"slub_debug=U,kmalloc-*", "page_owner=on"} <= set(doc["guest"]["command_line"].split())
     expected = expectations(doc)
-    assert len(expected) == 13
-    leaks = {l["address"]: l for l in doc["kmemleak"]["leaks"] if l["kind"] == "direct"}
+    assert len(expected) == 14
+    # Direct or indirect: a stale free pointer in a leaked neighbour may make one indirect.
+    leaks = {l["address"]: l for l in doc["kmemleak"]["leaks"]}
     for name, (addr, is_leak) in expected.items():
         assert (addr in leaks) == is_leak, f"{name} at {addr:#x}: expected leak={is_leak}"
         if not is_leak:
             continue
         leak = leaks[addr]
-        assert (leak["comm"], leak["pid"] is not None) == ("insmod", True), name
+        # Both tasks exited before the scan: insmod seen at the module load stop, dd named
+        # from the page allocator's records.
+        task = "dd" if name == "write_leak" else "insmod"
+        assert (leak["comm"], leak["pid"] is not None) == (task, True), name
         assert module_frames(leak), f"{name}: no frame in the module: {leak['backtrace']}"
     assert leaks[expected["private_cache"][0]]["cache"] == "kmemgdb_leaks_req"
-    assert module_frames(leaks[expected["private_cache"][0]])[0] == "leaks_new_req.constprop.0"
+    assert module_frames(leaks[expected["private_cache"][0]])[0].startswith("leaks_new_req")
     assert module_frames(leaks[expected["krealloc"][0]])[0] == "leaks_grow"
     for name in ("large_kmalloc", "vzalloc"):
         assert leaks[expected[name][0]]["object_kind"] in ("large kmalloc", "vmalloc")

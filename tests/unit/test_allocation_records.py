@@ -7,7 +7,7 @@ import numpy as np
 from gdbext.core.allocsites import FailurePlan
 from gdbext.core.codescan import CALL_REL32, JMP_REL32, call_target, calls_to
 from gdbext.core.heap.context import GuestContext
-from gdbext.core.heap.pageowner import PFN_SECTION_SHIFT, page_owner, requested_from
+from gdbext.core.heap.pageowner import PFN_SECTION_SHIFT, page_owner, requested_from, task_names
 from gdbext.core.kernel import KernelLayout
 from gdbext.core.memory import FlatMemory
 from gdbext.core.roots import current_task, task_identity
@@ -21,7 +21,7 @@ MEM_SECTION, ROOT, PAGE_EXT, DEPOT, RECORD = (PO + 0x1000, PO + 0x2000, PO + 0x1
 SYMBOLS = {"mem_section": PO + 0x100, "page_ext_size": PO + 0x108, "page_owner_ops": PO + 0x110,
            "page_owner_inited": PO + 0x130, "stack_slabs": DEPOT, "current_task": 0x40}
 OFFSETS = {"mem_section.page_ext": 16, "page_ext_operations.offset": 0, "page_owner.handle": 8,
-           "page_owner.pid": 56, "page_owner.comm": 40, "stack_record.size": 12,
+           "page_owner.pid": 56, "page_owner.comm": 40, "page_owner.ts_nsec": 24, "stack_record.size": 12,
            "stack_record.entries": 24, "task_struct.pid": 0x10, "task_struct.comm": 0x20}
 EXT_SIZE, OWNER_OFFSET = 72, 8
 
@@ -36,7 +36,7 @@ class FakeKernel:
     def put(self, vaddr, fmt, *values):
         self.mem.write(vaddr - PO, struct.pack(fmt, *values))
 
-    def record_owner(self, pfn: int, pid: int, comm: bytes, stack: list[int]):
+    def record_owner(self, pfn: int, pid: int, comm: bytes, stack: list[int], when: int = 0):
         """Section 0 of root 0 holds page_ext entries biased by pfn 0; one depot record."""
         self.put(SYMBOLS["mem_section"], "<Q", ROOT)
         self.put(ROOT, "<Q", MEM_SECTION)
@@ -51,6 +51,7 @@ class FakeKernel:
         self.put(owner + 8, "<I", 1 << 26)                  # handle: slab 0, offset 0, valid
         self.put(owner + 40, "16s", comm)
         self.put(owner + 56, "<i", pid)
+        self.put(owner + 24, "<Q", when)
 
 
 def test_page_owner_names_who_allocated_a_page():
@@ -62,6 +63,15 @@ def test_page_owner_names_who_allocated_a_page():
     assert page_owner(k.ctx, 1 << PFN_SECTION_SHIFT << 7) is None   # a root never set up
     k.put(SYMBOLS["page_owner_inited"], "<I", 0)            # booted without page_owner=on
     assert page_owner(k.ctx, 7) is None
+
+
+def test_exited_tasks_are_named_from_the_pages_they_allocated():
+    k = FakeKernel()
+    k.record_owner(7, 29, b"insmod", [1])
+    k.record_owner(300, 31, b"leaky-test", [1], when=2000)
+    k.record_owner(301, 31, b"sh", [1], when=1000)         # allocated before its exec()
+    assert task_names(k.ctx, {31, 29, 99}) == {29: "insmod", 31: "leaky-test"}
+    assert task_names(k.ctx, set()) == {}
 
 
 def test_page_allocator_frames_are_dropped_from_a_page_owner_stack():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .context import PAGE_SIZE, GuestContext
 from .tracks import depot_stack
 
@@ -20,6 +22,7 @@ PAGE_ALLOCATOR = ("get_page_from_freelist", "__alloc_pages", "alloc_pages", "__f
 # x86-64 SECTION_SIZE_BITS (arch/x86/include/asm/sparsemem.h, unchanged since 2.6): a macro,
 # so not in DWARF.
 PFN_SECTION_SHIFT = 27 - 12
+PAGES_PER_SECTION = 1 << PFN_SECTION_SHIFT
 
 
 @dataclass
@@ -73,3 +76,33 @@ def requested_from(stack: list[int], name_of) -> list[int]:
     while i < len(stack) - 1 and (name_of(stack[i]) or "").startswith(PAGE_ALLOCATOR):
         i += 1
     return stack[i:]
+
+
+def task_names(ctx: GuestContext, pids: set[int]) -> dict[int, str]:
+    """pid -> comm for PIDS, from the page_owner records of every page: each keeps the pid and
+    name of the task that allocated it last, also after the page was freed, so tasks that have
+    exited are still named (until all their pages went to someone else). A task's latest
+    allocation names it: before its exec() it still bore its parent's name."""
+    if not pids or not page_owner_enabled(ctx):
+        return {}
+    lay, mem = ctx.layout, ctx.vmem
+    size = mem.u64(lay.sym("page_ext_size"))
+    owner = mem.u64(lay.sym("page_owner_ops") + lay.off("page_ext_operations.offset"))
+    pid_at, comm_at = owner + lay.off("page_owner.pid"), owner + lay.off("page_owner.comm")
+    ts_at = owner + lay.off("page_owner.ts_nsec")
+    wanted = np.array(sorted(pids), np.int32)
+    latest: dict[int, tuple[int, str]] = {}
+    for first in range(0, ctx.max_pfn, PAGES_PER_SECTION):
+        ext = page_ext(ctx, first)
+        if ext is None:
+            continue
+        count = min(PAGES_PER_SECTION, ctx.max_pfn - first)
+        table = np.frombuffer(mem.read(ext, count * size), np.uint8).reshape(count, size)
+        owners = table[:, pid_at:pid_at + 4].copy().view(np.int32)[:, 0]
+        stamps = table[:, ts_at:ts_at + 8].copy().view(np.uint64)[:, 0]
+        for row in np.nonzero(np.isin(owners, wanted))[0].tolist():
+            pid, when = int(owners[row]), int(stamps[row])
+            if pid not in latest or when > latest[pid][0]:
+                comm = bytes(table[row, comm_at:comm_at + 16]).split(b"\0", 1)[0]
+                latest[pid] = (when, comm.decode(errors="replace"))
+    return {pid: comm for pid, (_, comm) in latest.items()}

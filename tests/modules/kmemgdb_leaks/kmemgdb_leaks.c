@@ -8,6 +8,7 @@
  * Writing to /sys/kernel/debug/kmemgdb_leaks runs a heap bug:
  *   double_free   frees an object of a private cache twice
  *   overflow      writes 8 bytes past a 32-byte kmalloc, then frees it (a redzone overwrite)
+ *   leak          leaks a request made for the writing task (named when it has exited)
  *
  * With crash_in_init=1 the init dereferences NULL after it leaked (an oops in insmod), with
  * panic_in_init=1 it panics.
@@ -178,6 +179,8 @@ static ssize_t leaks_write(struct file *file, const char __user *ubuf, size_t le
 		leaks_double_free();
 	else if (sysfs_streq(cmd, "overflow"))
 		leaks_overflow();
+	else if (sysfs_streq(cmd, "leak"))
+		leaks_report("write_leak", leaks_new_req(2), true);
 	else
 		return -EINVAL;
 	return len;
