@@ -18,7 +18,7 @@ from ..core.memory import MemoryError_
 from ..core.paging import PagingError
 from ..core.kernel import ModuleInfo, list_modules, module_text
 from . import target
-from .hooks import SilentHook
+from .hooks import SilentHook, delete_later
 from .modules import MODULES
 from .session import SESSION
 
@@ -53,6 +53,7 @@ class CallWatch:
         table = SESSION.symbolizer().kernel
         self.functions = {table.by_name[n].addr: n for n in functions if n in table.by_name}
         self.hooks: dict[int, tuple[SilentHook, str | None]] = {}
+        self.init_sites: dict[str, set[int]] = {}     # module -> hooked calls in its init text
         self.installed = False
 
     def install(self) -> None:
@@ -68,29 +69,24 @@ class CallWatch:
                     self._hook(site, None)
         MODULES.load_listeners.append(self.on_module_load)
         MODULES.unload_listeners.append(self.on_module_unload)
+        MODULES.init_done_listeners.append(self.on_init_done)
         if target.connected() and target.paging_on():
             for mod in list_modules(SESSION.vmem(), SESSION.layout()):
                 self.on_module_load(mod)
 
     def remove(self) -> None:
-        for hook, _ in self.hooks.values():
-            if hook.is_valid():
-                hook.delete()
-        self.hooks.clear()
+        self._unhook(set(self.hooks))
+        self.init_sites.clear()
         for listeners, fn in ((MODULES.load_listeners, self.on_module_load),
-                              (MODULES.unload_listeners, self.on_module_unload)):
+                              (MODULES.unload_listeners, self.on_module_unload),
+                              (MODULES.init_done_listeners, self.on_init_done)):
             if fn in listeners:
                 listeners.remove(fn)
         self.installed = False
 
-    def drop_kernel(self) -> int:
-        """Unhook the calls in vmlinux (keep the modules'); how many there were."""
-        kernel = [a for a, (_, module) in self.hooks.items() if module is None]
-        for addr in kernel:
-            hook = self.hooks.pop(addr)[0]
-            if hook.is_valid():
-                hook.delete()
-        return len(kernel)
+    def drop_kernel(self) -> None:
+        """Unhook the calls in vmlinux (keep the modules')."""
+        self._unhook({a for a, (_, module) in self.hooks.items() if module is None})
 
     def sites(self, module: str | None = None) -> list[int]:
         return sorted(a for a, (_, m) in self.hooks.items() if m == module)
@@ -99,25 +95,37 @@ class CallWatch:
         if self.module_names is not None and mod.name not in self.module_names:
             return
         vmem, layout = SESSION.vmem(), SESSION.layout()
-        for base, size, _init in module_text(vmem, layout, mod.address):
+        for base, size, init in module_text(vmem, layout, mod.address):
             for site, _ in calls_to(vmem.read(base, size), base, self.functions, BRANCHES):
                 self._hook(site, mod.name)
+                if init:
+                    self.init_sites.setdefault(mod.name, set()).add(site)
+
+    def on_init_done(self, mod: ModuleInfo) -> None:
+        """The module's init code will not run again: its hooks go (each one costs the guest)."""
+        self._unhook(self.init_sites.pop(mod.name, set()))
 
     def on_module_unload(self, name: str) -> None:
-        for addr, (hook, module) in list(self.hooks.items()):
-            if module == name:
-                if hook.is_valid():
-                    hook.delete()
-                del self.hooks[addr]
+        self.init_sites.pop(name, None)
+        self._unhook({addr for addr, (_, module) in self.hooks.items() if module == name})
+
+    def _unhook(self, sites) -> None:
+        """Forget the hooks at SITES now, delete them from gdb's event loop (this may run
+        inside a stop())."""
+        for addr in sites:
+            hook = self.hooks.pop(addr, (None,))[0]
+            if hook is not None:
+                delete_later(hook)
 
     def _hook(self, site: int, module: str | None) -> None:
-        old = self.hooks.pop(site, None)
-        if old is not None and old[0].is_valid():
-            old[0].delete()
-        hook = SilentHook(f"*{site:#x}", lambda: self._stop(site, module), self.what)
+        self._unhook([site])
+        hook = SilentHook(f"*{site:#x}", None, self.what)
+        hook.action = lambda: self._stop(site, module, hook)
         self.hooks[site] = (hook, module)
 
-    def _stop(self, site: int, module: str | None) -> bool:
+    def _stop(self, site: int, module: str | None, hook: SilentHook) -> bool:
+        if self.hooks.get(site, (None,))[0] is not hook:
+            return False                  # unhooked, its deletion pending
         try:
             code = SESSION.vmem().read(site, CALL_LENGTH)
         except (PagingError, MemoryError_):

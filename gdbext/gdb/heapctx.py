@@ -5,7 +5,7 @@ import gdb
 import numpy as np
 
 from ..core.heap.context import GuestContext
-from ..core.kernel import KernelModelError, read_bases
+from ..core.kernel import read_bases
 from .session import SESSION
 from . import target
 
@@ -13,17 +13,9 @@ GENERAL_REGISTERS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
                      "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 
 
-def _constant(name: str) -> int:
-    try:
-        return int(gdb.parse_and_eval(name))
-    except gdb.error as exc:
-        raise KernelModelError(f"the guest kernel has no constant {name}") from exc
-
-
 def guest_context() -> GuestContext:
     vmem = SESSION.vmem()
     layout = SESSION.layout()
-    layout.lookup_constant = _constant
     phys = SESSION.phys()
     bases = read_bases(vmem, layout)
     nr_cpus = vmem.u32(layout.sym("nr_cpu_ids"))

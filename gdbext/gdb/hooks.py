@@ -54,3 +54,8 @@ class SilentHook(gdb.Breakpoint):
             return False
         finally:
             RUNNING[0] = None
+
+
+def delete_later(hook: gdb.Breakpoint) -> None:
+    """Delete HOOK from gdb's event loop: a breakpoint must not be deleted inside a stop()."""
+    gdb.post_event(lambda: hook.is_valid() and hook.delete())

@@ -103,6 +103,14 @@ class Kmemleak:
             self.watch = CallWatch("kmemleak annotation", ANNOTATIONS, self._annotated,
                                    kernel=not self._booted(), skip_callers=RULED_CALLERS)
             self.watch.install()
+        if self.boot_over not in MODULES.load_listeners:
+            MODULES.load_listeners.append(self.boot_over)
+
+    def boot_over(self, _module=None) -> None:
+        """At a scan or a module load once the system runs: the calls in vmlinux are unhooked
+        (every breakpoint slows the whole guest, see TaskNames)."""
+        if self.watch is not None and system_running(SESSION.vmem(), SESSION.layout()):
+            self.watch.drop_kernel()
 
     @staticmethod
     def _booted() -> bool:
@@ -110,6 +118,8 @@ class Kmemleak:
 
     def remove_hooks(self) -> None:
         self.tasks.remove()
+        if self.boot_over in MODULES.load_listeners:
+            MODULES.load_listeners.remove(self.boot_over)
         if self.watch is not None:
             self.watch.remove()
             self.watch = None
@@ -169,8 +179,7 @@ class Kmemleak:
         seconds = time.perf_counter() - start
         outcome = ScanOutcome(snap, result, L.root_names(roots), leaks, seconds)
         outcome.notes += self.annotation_note()
-        if self.watch is not None and system_running(ctx.vmem, ctx.layout):
-            self.watch.drop_kernel()      # every breakpoint slows the whole guest (TaskNames)
+        self.boot_over()
         if not any(tracks_enabled(c) for c in heap.caches):
             outcome.notes.append("no SLUB user tracking in this guest: boot it with slub_debug=U "
                                  "for allocation backtraces, pid and age of slab objects")

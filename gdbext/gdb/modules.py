@@ -11,10 +11,11 @@ from pathlib import Path
 
 import gdb
 
+from ..core.codescan import CALL_LENGTH, calls_to
 from ..core.kernel import ModuleInfo, list_modules, module_info, module_ranges, module_sections
 from ..core.symbols import SymbolTable
 from . import settings
-from .hooks import SilentHook
+from .hooks import SilentHook, delete_later
 from .session import SESSION
 
 
@@ -38,9 +39,13 @@ class ModuleSymbols:
         self.loaded: dict[str, Path] = {}   # module name -> .ko given to gdb
         self.warned: set[str] = set()
         self.breakpoints: list[gdb.Breakpoint] = []
-        # Called with the ModuleInfo after a load, with the name before an unload.
+        # Called with the ModuleInfo after a load, with the name before an unload, and with
+        # the ModuleInfo once its init function has returned (its init code never runs again).
         self.load_listeners: list = []
         self.unload_listeners: list = []
+        self.init_done_listeners: list = []
+        self._after_init: int | None = None
+        self._init_hook: SilentHook | None = None
 
     def install(self) -> None:
         if self.breakpoints:
@@ -58,6 +63,27 @@ class ModuleSymbols:
         mod = self._argument()
         self.load(mod)
         for listener in self.load_listeners:
+            listener(mod)
+        if self.init_done_listeners and self.after_init() and self._init_hook is None:
+            self._init_hook = SilentHook(f"*{self.after_init():#x}", self.on_init_done, "module init")
+
+    def after_init(self) -> int:
+        """Where do_init_module() goes on once the module's init function returned: after its
+        call to do_one_initcall() (0: not found). A one-shot breakpoint there per load."""
+        if self._after_init is None:
+            table = SESSION.symbolizer().kernel
+            fn, callee = table.by_name.get("do_init_module"), table.by_name.get("do_one_initcall")
+            sites = (calls_to(SESSION.vmem().read(fn.addr, fn.size), fn.addr, [callee.addr])
+                     if fn and callee and fn.size else [])
+            self._after_init = sites[0][0] + CALL_LENGTH if sites else 0
+        return self._after_init
+
+    def on_init_done(self) -> None:
+        """One stop per module load: the hook goes once it fired."""
+        delete_later(self._init_hook)
+        self._init_hook = None
+        mod = self._argument()
+        for listener in self.init_done_listeners:
             listener(mod)
 
     def on_free(self) -> None:

@@ -14,7 +14,7 @@ from ..core.memory import RamFileMemory, below_4g_size
 from ..core.symbols import SymbolTable, Symbolizer
 from ..core.vmem import VirtualMemory
 from . import settings, target
-from .types import member_offset, struct_size
+from .types import constant, member_offset, struct_size
 
 
 class Session:
@@ -102,7 +102,7 @@ class Session:
             self._layout = KernelLayout({}, {}, lookup_offset=member_offset,
                                         lookup_symbol=lambda name: table.by_name[name].addr
                                         if name in table.by_name else None,
-                                        lookup_size=struct_size)
+                                        lookup_size=struct_size, lookup_constant=constant)
         return self._layout
 
     def symbolizer(self) -> Symbolizer:

@@ -1,4 +1,4 @@
-"""Struct member offsets from the guest's DWARF, through gdb's type system."""
+"""Struct member offsets, sizes and enum constants from the guest's DWARF, through gdb's types."""
 from __future__ import annotations
 
 import gdb
@@ -41,3 +41,11 @@ def struct_size(name: str) -> int:
         return gdb.lookup_type(f"struct {name}").sizeof
     except gdb.error as exc:
         raise KernelModelError(f"the guest kernel has no struct {name}") from exc
+
+
+def constant(name: str) -> int:
+    """The value of an enum constant of the guest kernel (PG_slab, SYSTEM_RUNNING, ...)."""
+    try:
+        return int(gdb.parse_and_eval(name))
+    except gdb.error as exc:
+        raise KernelModelError(f"the guest kernel has no constant {name}") from exc
