@@ -4,6 +4,7 @@ from __future__ import annotations
 import gdb
 
 from . import target
+from .hooks import delete_retired
 from .kmemcheck import KMEMCHECK
 from .kmemleak import KMEMLEAK
 from .modules import MODULES
@@ -30,6 +31,7 @@ def _on_prompt() -> None:
     try:
         ensure_attached()
         KMEMCHECK.finish_cleanup()
+        delete_retired()
     except gdb.error as exc:
         gdb.write(f"kmemgdb: could not set up module symbols: {exc}\n")
     except Exception as exc:  # a prompt hook must never break the prompt

@@ -18,7 +18,7 @@ from ..core.memory import MemoryError_
 from ..core.paging import PagingError
 from ..core.kernel import ModuleInfo, list_modules, module_text
 from . import target
-from .hooks import SilentHook, delete_later
+from .hooks import SilentHook, retire
 from .modules import MODULES
 from .session import SESSION
 
@@ -115,7 +115,7 @@ class CallWatch:
         for addr in sites:
             hook = self.hooks.pop(addr, (None,))[0]
             if hook is not None:
-                delete_later(hook)
+                retire(hook)
 
     def _hook(self, site: int, module: str | None) -> None:
         self._unhook([site])

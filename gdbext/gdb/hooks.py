@@ -55,7 +55,22 @@ class SilentHook(gdb.Breakpoint):
         finally:
             RUNNING[0] = None
 
+RETIRED: list[gdb.Breakpoint] = []
 
-def delete_later(hook: gdb.Breakpoint) -> None:
-    """Delete HOOK from gdb's event loop: a breakpoint must not be deleted inside a stop()."""
-    gdb.post_event(lambda: hook.is_valid() and hook.delete())
+
+def retire(hook: gdb.Breakpoint) -> None:
+    """Take HOOK out of the guest now and delete it at the next prompt. Called with the guest
+    stopped, also inside a stop() (its own included): disabling removes the breakpoint from
+    QEMU at once, but deleting a breakpoint while gdb handles a stop is not safe, and gdb
+    cannot delete one while the guest runs."""
+    if hook.is_valid():
+        hook.enabled = False
+        RETIRED.append(hook)
+
+
+def delete_retired() -> None:
+    """At a prompt: delete the hooks retire() took out."""
+    while RETIRED:
+        hook = RETIRED.pop()
+        if hook.is_valid():
+            hook.delete()

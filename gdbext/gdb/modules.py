@@ -15,7 +15,7 @@ from ..core.codescan import CALL_LENGTH, calls_to
 from ..core.kernel import ModuleInfo, list_modules, module_info, module_ranges, module_sections
 from ..core.symbols import SymbolTable
 from . import settings
-from .hooks import SilentHook, delete_later
+from .hooks import SilentHook, retire
 from .session import SESSION
 
 
@@ -80,7 +80,7 @@ class ModuleSymbols:
 
     def on_init_done(self) -> None:
         """One stop per module load: the hook goes once it fired."""
-        delete_later(self._init_hook)
+        retire(self._init_hook)
         self._init_hook = None
         mod = self._argument()
         for listener in self.init_done_listeners:

@@ -14,6 +14,7 @@
  * panic_in_init=1 it panics.
  */
 #include <linux/debugfs.h>
+#include <linux/device.h>
 #include <linux/fs.h>
 #include <linux/kmemleak.h>
 #include <linux/module.h>
@@ -98,6 +99,18 @@ static noinline void *leaks_ring(void)
 	return vzalloc(3 * PAGE_SIZE);
 }
 
+/* A device never added nor released, with managed memory: both leak, the devres through it. */
+static noinline void *leaks_managed(void)
+{
+	struct device *dev = kzalloc(sizeof(*dev), GFP_KERNEL);
+
+	if (!dev)
+		return NULL;
+	device_initialize(dev);
+	leaks_report("devm_device", dev, true);
+	return devm_kzalloc(dev, 80, GFP_KERNEL);
+}
+
 static noinline void leaks_trace_here(void *p)
 {
 	kmemleak_update_trace(p);
@@ -114,6 +127,7 @@ static noinline void leaks_make(void)
 	leaks_report("kvmalloc", leaks_table(), true);
 	leaks_report("large_kmalloc", leaks_big_buffer(), true);
 	leaks_report("vzalloc", leaks_ring(), true);
+	leaks_report("devm_kzalloc", leaks_managed(), true);
 
 	/* Annotated objects nobody points to. */
 	p = kzalloc(136, GFP_KERNEL);
