@@ -27,10 +27,12 @@ class Leak:
     indirect_bytes: int = 0
     owner: int | None = None      # for an indirect leak: the direct leak it hangs from
     requested_size: int | None = None
+    cache_aliases: list[str] = field(default_factory=list)   # names SLUB merged into the cache
 
     def to_json(self) -> dict:
         return {"address": self.address, "size": self.size, "requested_size": self.requested_size,
                 "kind": self.kind, "object_kind": self.object_kind, "cache": self.cache,
+                "cache_aliases": self.cache_aliases,
                 "comm": self.comm, "pid": self.pid, "jiffies": self.jiffies, "age": self.age,
                 "hex": self.hex.hex(), "indirect_count": self.indirect_count,
                 "indirect_bytes": self.indirect_bytes, "owner": self.owner,
@@ -42,7 +44,7 @@ def leak_from_json(doc: dict) -> Leak:
     return Leak(doc["address"], doc["size"], doc["kind"], doc["object_kind"], doc["cache"],
                 bytes.fromhex(doc["hex"]), frames, doc["comm"], doc["pid"], doc["jiffies"],
                 doc["age"], doc["indirect_count"], doc["indirect_bytes"], doc["owner"],
-                doc["requested_size"])
+                doc["requested_size"], doc.get("cache_aliases", []))
 
 
 def hex_dump(data: bytes, indent: str = "    ") -> list[str]:
@@ -64,6 +66,8 @@ def render_leak(leak: Leak, paint: Painter) -> str:
             who += f" (age {leak.age:.3f}s)"
     lines.append(who)
     where = leak.object_kind + (f" from cache {leak.cache}" if leak.cache else "")
+    if leak.cache_aliases:
+        where += f" (merged with {', '.join(leak.cache_aliases)})"
     if leak.kind == "direct":
         extra = (f", {leak.indirect_count} indirect object(s) ({leak.indirect_bytes} bytes) "
                  "reachable only through it" if leak.indirect_count else "")

@@ -14,6 +14,7 @@ from ..core.heap.context import PAGE_SIZE, GuestContext
 from ..core.heap.model import KIND_NAMES, CacheInfo, Heap, HeapError
 from ..core.heap.pageowner import PageOwner, page_owner, requested_from, task_names
 from ..core.heap.tracks import ALLOC, FREE, SLAB_STORE_USER, read_track, tracks_enabled
+from ..core.heap.slub import cache_aliases
 from ..core.heap.walk import Snapshot, walk_heap
 from ..core.kernel import list_modules, system_running
 from ..core.leakreport import HeapEvent, HeapFinding, Leak
@@ -244,6 +245,13 @@ class Describer:
         self.hz = round(1e9 / tick_nsec) if tick_nsec else 0     # tick_nsec = NSEC_PER_SEC / HZ
         live = R.tasks(ctx) if task_list is None else task_list
         self.comms = {**(exited or {}), **{pid: comm for _, pid, comm in live}}
+        self._aliases: dict[int, list[str]] | None = None
+
+    def aliases(self, cache: CacheInfo) -> list[str]:
+        """Other names of CACHE (merged caches), read once per scan when a leak needs them."""
+        if self._aliases is None:
+            self._aliases = cache_aliases(self.ctx)
+        return sorted(n for n in self._aliases.get(cache.address, []) if n != cache.name)
 
     def track(self, cache: CacheInfo, obj: int, which: int) -> dict:
         """One SLUB track (ALLOC or FREE) of OBJ as report fields; {} when none."""
@@ -280,6 +288,8 @@ class Describer:
         leak = Leak(start, size, kind, KIND_NAMES[int(heap.kind[i])], cache.name if cache else None,
                     ctx.vmem.read(start, min(32, size)), owner=owner)
         extra = heap.extra.get(i)
+        if cache:
+            leak.cache_aliases = self.aliases(cache)
         track = self.track(cache, start, ALLOC) if cache else {}
         owner = None if cache else self.page_owner(start)
         if track:

@@ -88,6 +88,10 @@ def test_backtraces_can_be_turned_off(tmp_path, leaks_ko):
     traced = expectations(doc)["update_trace"][0]    # kmemleak_update_trace() gives its own
     slab = [l for l in doc["kmemleak"]["leaks"] if l["object_kind"] == "slab"]
     assert [l["address"] for l in slab if l["backtrace"]] == [traced]
+    # Untracked, SLUB merges the module's cache into another one: the report says so.
+    private = containing(doc, expectations(doc)["private_cache"][0])
+    assert private["cache"] != "kmemgdb_leaks_req" and "kmemgdb_leaks_req" in private["cache_aliases"]
+    assert "(merged with " in res.stdout and "kmemgdb_leaks_req" in res.stdout
 
 
 def test_double_free_is_a_finding_with_both_backtraces(tmp_path, leaks_ko):

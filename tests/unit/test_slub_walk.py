@@ -116,3 +116,15 @@ def test_object_on_both_freelists_is_a_double_free():
     guest.u64(CPU, SLAB + 64 * 7)
     error = guest.walk().errors[0]
     assert (error.kind, error.object) == ("double free", SLAB + 64 * 7)
+
+
+def test_rb_tree_in_order():
+    from gdbext.core.heap.slub import rb_nodes
+    guest = FakeSlub()
+    guest.ctx.layout.offsets.update({"rb_node.rb_left": 16, "rb_node.rb_right": 8})
+    a, b, c, d = (PO + 0x13000 + 0x20 * i for i in range(4))   # b is the root: a < b < d, c < d
+    guest.u64(b + 16, a)
+    guest.u64(b + 8, d)
+    guest.u64(d + 16, c)
+    assert rb_nodes(guest.ctx, b) == [a, b, c, d]
+    assert rb_nodes(guest.ctx, 0) == []

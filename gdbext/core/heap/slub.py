@@ -241,3 +241,46 @@ def slabs_of(ctx: GuestContext, memmap: np.ndarray, caches: list[int]) -> list[S
         out.append(SlabRef(ctx.vmemmap + pfn * STRUCT_PAGE_SIZE, walker.page_address(pfn),
                            (row[walker.w_counters] >> 16) & 0x7FFF, row[walker.w_cache]))
     return out
+
+
+KERNFS_TYPE_MASK = 0x000F      # include/linux/kernfs.h, a macro
+
+
+def rb_nodes(ctx: GuestContext, root: int) -> list[int]:
+    """struct rb_node * of the tree whose first node is ROOT, in order."""
+    lay, out, stack, node = ctx.layout, [], [], root
+    left, right = lay.off("rb_node.rb_left"), lay.off("rb_node.rb_right")
+    while (stack or node) and len(out) < 1 << 16:
+        while node:
+            stack.append(node)
+            node = ctx.u64(node + left)
+        node = stack.pop()
+        out.append(node)
+        node = ctx.u64(node + right)
+    return out
+
+
+def cache_aliases(ctx: GuestContext) -> dict[int, list[str]]:
+    """struct kmem_cache * -> the other names SLUB merged into it. Only sysfs keeps them: each
+    name is an entry of /sys/kernel/slab (kernfs), a link to the directory of the cache that
+    serves it (mm/slub.c sysfs_slab_alias(); the directory's kobject is kmem_cache.kobj)."""
+    lay = ctx.layout
+    if not lay.has_sym("slab_kset"):
+        return {}
+    kset = ctx.u64(lay.sym("slab_kset"))
+    directory = ctx.u64(kset + lay.off("kset.kobj.sd")) if kset else 0
+    if not directory:
+        return {}
+    link = lay.const("KERNFS_LINK")
+    out: dict[int, list[str]] = {}
+    first = ctx.u64(directory + lay.off("kernfs_node.dir.children"))
+    for rb in rb_nodes(ctx, first):
+        kn = rb - lay.off("kernfs_node.rb")
+        if ctx.vmem.u32(kn + lay.off("kernfs_node.flags")) & KERNFS_TYPE_MASK != link:
+            continue
+        target = ctx.u64(kn + lay.off("kernfs_node.symlink.target_kn"))
+        kobj = ctx.u64(target + lay.off("kernfs_node.priv")) if target else 0
+        if kobj:
+            name = ctx.vmem.cstr(ctx.u64(kn + lay.off("kernfs_node.name")), 64)
+            out.setdefault(kobj - lay.off("kmem_cache.kobj"), []).append(name)
+    return out
