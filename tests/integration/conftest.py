@@ -5,6 +5,7 @@ also when they fail."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,19 @@ from kmemgdb.modbuild import build_module
 REPO = Path(__file__).resolve().parents[2]
 HELLO_SRC = REPO / "tests" / "modules" / "kmemgdb_hello"
 
-pytestmark = pytest.mark.guest
+INTEGRATION = Path(__file__).resolve().parent
+NEEDED = ("qemu-system-x86_64", "gdb")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test here is a `guest` test (`-m "not guest"` deselects them); without QEMU or gdb
+    they are skipped, saying which is missing. (A `pytestmark` in a conftest is not applied.)"""
+    missing = [tool for tool in NEEDED if shutil.which(tool) is None]
+    for item in items:
+        if INTEGRATION in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.guest)
+            if missing:
+                item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(missing)} (make setup)"))
 
 
 @pytest.fixture(scope="session")
