@@ -253,14 +253,14 @@ class Describer:
             self._aliases = cache_aliases(self.ctx)
         return sorted(n for n in self._aliases.get(cache.address, []) if n != cache.name)
 
-    def track(self, cache: CacheInfo, obj: int, which: int) -> dict:
-        """One SLUB track (ALLOC or FREE) of OBJ as report fields; {} when none."""
+    def event(self, cache: CacheInfo, obj: int, which: int) -> HeapEvent | None:
+        """One SLUB track (ALLOC or FREE) of OBJ as report fields; None when none."""
         track = read_track(self.ctx, cache, obj, which)
         if track is None:
-            return {}
+            return None
         age = ((self.jiffies - track.when) & (1 << 64) - 1) / self.hz if self.hz else None
-        return {"pid": track.pid, "comm": self.comms.get(track.pid), "jiffies": track.when,
-                "age": age, "backtrace": [frame_for(pc) for pc in (track.stack or [track.addr])]}
+        return HeapEvent(track.pid, self.comms.get(track.pid), track.when, age,
+                         [frame_for(pc) for pc in (track.stack or [track.addr])])
 
     def page_owner(self, addr: int) -> PageOwner | None:
         """page_owner's record of the first page of a large kmalloc or vmalloc area."""
@@ -268,10 +268,6 @@ class Describer:
             return page_owner(self.ctx, self.ctx.vmem.to_phys(addr) // PAGE_SIZE)
         except (PagingError, MemoryError_):
             return None
-
-    def event(self, cache: CacheInfo, obj: int, which: int) -> HeapEvent | None:
-        track = self.track(cache, obj, which)
-        return HeapEvent(**track) if track else None
 
     def heap_finding(self, error: HeapError) -> HeapFinding:
         finding = HeapFinding(error.kind, error.what, error.cache, error.object)
@@ -290,11 +286,11 @@ class Describer:
         extra = heap.extra.get(i)
         if cache:
             leak.cache_aliases = self.aliases(cache)
-        track = self.track(cache, start, ALLOC) if cache else {}
+        track = self.event(cache, start, ALLOC) if cache else None
         owner = None if cache else self.page_owner(start)
         if track:
-            leak.pid, leak.comm, leak.jiffies, leak.age = (track[k] for k in ("pid", "comm", "jiffies", "age"))
-            leak.backtrace = track["backtrace"]
+            leak.pid, leak.comm, leak.jiffies, leak.age = track.pid, track.comm, track.jiffies, track.age
+            leak.backtrace = track.backtrace
         elif owner:
             leak.pid, leak.comm = owner.pid, owner.comm
             leak.backtrace = [frame_for(pc) for pc in requested_from(owner.stack, ctx.symbol_name)]
