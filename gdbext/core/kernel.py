@@ -192,6 +192,13 @@ def count_slab_caches(mem: VirtualMemory, layout: KernelLayout) -> int:
     return sum(1 for _ in container_entries(mem, layout, "slab_caches", "kmem_cache.list"))
 
 
+def slab_cache_names(mem: VirtualMemory, layout: KernelLayout) -> list[str]:
+    """Names of the caches on slab_caches (what /sys/kernel/slab lists, merged aliases aside)."""
+    name = layout.off("kmem_cache.name")
+    return [mem.cstr(mem.u64(s + name), 64)
+            for s in container_entries(mem, layout, "slab_caches", "kmem_cache.list")]
+
+
 def kernel_info(mem: VirtualMemory, layout: KernelLayout) -> KernelInfo:
     """Everything `kmem info` shows, read from guest memory."""
     return KernelInfo(

@@ -143,3 +143,33 @@ def test_detach_shows_hidden_pages_again(lab):
         assert status == 0 and "ok" in out
     finally:
         lab.run("rmmod kmemgdb_hello")
+
+
+def test_completion_names_the_guests_caches_and_modules(lab):
+    listing, _ = lab.run("ls /sys/kernel/slab")
+    lab.run("insmod /modules/kmemgdb_hello.ko")
+    try:
+        with Stopped(lab) as gdb:
+            caches = gdb.checked("complete kmemcheck track cache kmalloc-").splitlines()
+            modules = gdb.checked("complete kmemcheck track module ").splitlines()
+            suppress = gdb.checked("complete kmemcheck suppress cache=kmalloc-6").splitlines()
+            fail = gdb.checked("complete kmem fail-alloc kmemgdb_").splitlines()
+    finally:
+        lab.run("rmmod kmemgdb_hello")
+    assert "kmemcheck track cache kmalloc-64" in caches, caches
+    names = {c.removeprefix("kmemcheck track cache ") for c in caches}
+    assert names <= set(listing.split()), (names, listing)      # what the guest calls them
+    assert "kmemcheck track module kmemgdb_hello" in modules, modules
+    assert "kmemcheck suppress cache=kmalloc-64" in suppress, suppress
+    assert fail == ["kmem fail-alloc kmemgdb_hello"]
+
+
+def test_completion_of_guest_names_waits_for_a_stop(lab):
+    with Stopped(lab) as gdb:
+        gdb.cmd("continue &")           # background execution: the prompt is back, guest runs
+        assert gdb.cmd("complete kmemcheck track cache kmalloc-").strip() == ""
+        gdb.send("interrupt")
+        gdb.expect("SIGINT")
+        gdb.cmd("")
+        caches = gdb.checked("complete kmemcheck track cache kmalloc-")
+        assert "kmemcheck track cache kmalloc-64" in caches

@@ -108,3 +108,16 @@ def test_cstr_stops_at_page_end_safely(fk):
     with pytest.raises(NotMapped):
         fk.vm.cstr(addr, 16)           # the next page is not mapped
     assert fk.vm.cstr(addr, 4) == "abcd"
+
+
+def test_slab_cache_names_follow_slab_caches(fk):
+    head = fk.alloc(16)
+    layout = KernelLayout({"slab_caches": head}, {"kmem_cache.list": 0x68, "kmem_cache.name": 0x60})
+    caches = []
+    for name in (b"kmalloc-64", b"dentry"):
+        cache, text = fk.alloc(256), fk.alloc(32)
+        fk.put(text, name + b"\0")
+        fk.u64(cache + 0x60, text)
+        caches.append(cache)
+    fk.link(head, [c + 0x68 for c in caches])
+    assert kernel.slab_cache_names(fk.vm, layout) == ["kmalloc-64", "dentry"]

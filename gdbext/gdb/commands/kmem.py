@@ -7,12 +7,12 @@ import json
 import gdb
 
 from ...core import kernel, paging, render
-from .. import settings, target
+from .. import guestnames, settings, target
 from ..modules import MODULES
 from ..session import SESSION
 from ..symbolize import frame_for
 from ...core.report import render_frames
-from .base import KmemCommand, address, parser, require_stopped_guest
+from .base import ADDRESS_HELP, KmemCommand, address, parser, require_stopped_guest
 
 
 def painter() -> render.Painter:
@@ -35,12 +35,9 @@ Run `help kmem SUBCOMMAND` for each."""
 
 
 class KmemInfo(KmemCommand):
-    """Show the guest kernel as kmemgdb sees it.
-
-Usage: kmem info [--json]
+    PARSER = parser("kmem info", "Show the guest kernel as kmemgdb sees it.", """\
 Kernel release, command line, RAM, the direct-map/vmalloc/vmemmap bases, slab caches, loaded
-modules and whether guest RAM is read through the host mapping (fast) or the gdbstub (slow)."""
-    PARSER = parser("kmem info", "Show the guest kernel as kmemgdb sees it.")
+modules and whether guest RAM is read through the host mapping (fast) or the gdbstub (slow).""")
     PARSER.add_argument("--json", action="store_true", help="one JSON object on one line")
 
     def __init__(self):
@@ -60,13 +57,11 @@ modules and whether guest RAM is read through the host mapping (fast) or the gdb
 
 
 class KmemVtop(KmemCommand):
-    """Translate a guest virtual address by walking the guest page tables on the host.
-
-Usage: kmem vtop ADDR
-ADDR is a number or an expression (`&init_uts_ns`). Prints the physical address, the page size,
-the leaf entry's flags and value, and where that entry lives in guest physical memory."""
-    PARSER = parser("kmem vtop", "Translate a guest virtual address.")
-    PARSER.add_argument("addr", type=address)
+    PARSER = parser("kmem vtop", "Translate a guest virtual address by walking the guest page "
+                    "tables on the host.", """\
+Prints the physical address, the page size, the leaf entry's flags and value, and where that
+entry lives in guest physical memory.""")
+    PARSER.add_argument("addr", type=address, metavar="ADDR", help=ADDRESS_HELP)
 
     def __init__(self):
         super().__init__("kmem vtop")
@@ -89,16 +84,10 @@ the leaf entry's flags and value, and where that entry lives in guest physical m
 
 
 class KmemPte(KmemCommand):
-    """Hide or show single 4 KiB guest pages (the primitive kmemcheck is built on).
-
-kmem pte hide ADDR     clear the present bit of the PTE mapping ADDR and flush QEMU's TLB
-kmem pte show ADDR     set it again
-kmem pte show-all      show every page kmemgdb hid
-kmem pte list          list the pages kmemgdb hid
-kmem pte ADDR          print the PTE mapping ADDR
-Pages mapped by 2 MiB or 1 GiB entries are refused: boot the guest with debug_pagealloc=on."""
-    PARSER = parser("kmem pte", "Print the PTE mapping ADDR.")
-    PARSER.add_argument("addr", type=address)
+    PARSER = parser("kmem pte", "Print the 4 KiB PTE mapping ADDR; hide or show single guest "
+                    "pages (the primitive kmemcheck is built on).", """\
+Pages mapped by 2 MiB or 1 GiB entries are refused: boot the guest with debug_pagealloc=on.""")
+    PARSER.add_argument("addr", type=address, metavar="ADDR", help=ADDRESS_HELP)
 
     def __init__(self):
         super().__init__("kmem pte", prefix=True)
@@ -110,12 +99,11 @@ Pages mapped by 2 MiB or 1 GiB entries are refused: boot the guest with debug_pa
 
 
 class KmemPteHide(KmemCommand):
-    """Hide the 4 KiB guest page holding ADDR: every guest access to it then faults.
-
-Usage: kmem pte hide ADDR
-The page stays hidden until `kmem pte show`, `kmem pte show-all`, detach or quit."""
-    PARSER = parser("kmem pte hide", "Hide the page holding ADDR.")
-    PARSER.add_argument("addr", type=address)
+    PARSER = parser("kmem pte hide", "Hide the 4 KiB guest page holding ADDR: every guest access "
+                    "to it then faults.", """\
+Clears the present bit of its PTE and flushes QEMU's TLB. The page stays hidden until
+`kmem pte show`, `kmem pte show-all`, detach or quit.""")
+    PARSER.add_argument("addr", type=address, metavar="ADDR", help=ADDRESS_HELP)
 
     def __init__(self):
         super().__init__("kmem pte hide")
@@ -127,11 +115,9 @@ The page stays hidden until `kmem pte show`, `kmem pte show-all`, detach or quit
 
 
 class KmemPteShow(KmemCommand):
-    """Show again the guest page holding ADDR that `kmem pte hide` hid.
-
-Usage: kmem pte show ADDR"""
-    PARSER = parser("kmem pte show", "Show the page holding ADDR again.")
-    PARSER.add_argument("addr", type=address)
+    PARSER = parser("kmem pte show", "Show again the guest page holding ADDR that `kmem pte hide` "
+                    "hid.")
+    PARSER.add_argument("addr", type=address, metavar="ADDR", help=ADDRESS_HELP)
 
     def __init__(self):
         super().__init__("kmem pte show")
@@ -144,12 +130,10 @@ Usage: kmem pte show ADDR"""
 
 
 class KmemPteShowAll(KmemCommand):
-    """Show every guest page kmemgdb hid (turning kmemcheck off). Never fails: it runs from
-the detach, disconnect and quit hooks.
-
-Usage: kmem pte show-all [--quiet]"""
-    PARSER = parser("kmem pte show-all", "Show every hidden page again.")
-    PARSER.add_argument("--quiet", action="store_true")
+    # Never fails: it runs from the detach, disconnect and quit hooks.
+    PARSER = parser("kmem pte show-all", "Show every guest page kmemgdb hid (turning kmemcheck "
+                    "off).")
+    PARSER.add_argument("--quiet", action="store_true", help="say nothing when none was hidden")
     NEEDS_STOPPED_GUEST = False
 
     def __init__(self):
@@ -171,10 +155,7 @@ Usage: kmem pte show-all [--quiet]"""
 
 
 class KmemPteList(KmemCommand):
-    """List the guest pages kmemgdb has hidden.
-
-Usage: kmem pte list"""
-    PARSER = parser("kmem pte list", "List hidden pages.")
+    PARSER = parser("kmem pte list", "List the guest pages kmemgdb has hidden.")
     NEEDS_STOPPED_GUEST = False
 
     def __init__(self):
@@ -188,16 +169,13 @@ Usage: kmem pte list"""
 
 
 class KmemErrors(KmemCommand):
-    """List the errors kmemgdb's hooks met while the guest ran (an internal error of kmemcheck,
-a verify mismatch, the watchdog, a module whose symbols could not load).
-
-Usage: kmem errors [--json] [--verbose]
-A checker that failed inside a hook did not check everything it claims to: `kmemgdb run`
-fails (exit status 2) when this list is not empty. --verbose adds where in kmemgdb each
-error happened (a Python traceback, for a bug report)."""
-    PARSER = parser("kmem errors", "List errors met inside kmemgdb's hooks.")
+    PARSER = parser("kmem errors", "List the errors kmemgdb's hooks met while the guest ran.", """\
+An internal error of kmemcheck, a verify mismatch, the watchdog, a module whose symbols could
+not load. A checker that failed inside a hook did not check everything it claims to:
+`kmemgdb run` fails (exit status 2) when this list is not empty.""")
     PARSER.add_argument("--json", action="store_true", help="one JSON list on one line")
-    PARSER.add_argument("--verbose", action="store_true", help="with kmemgdb's tracebacks")
+    PARSER.add_argument("--verbose", action="store_true",
+                        help="where in kmemgdb each error happened (a Python traceback)")
     NEEDS_STOPPED_GUEST = False
 
     def __init__(self):
@@ -216,11 +194,9 @@ error happened (a Python traceback, for a bug report)."""
 
 
 class KmemSymbols(KmemCommand):
-    """Load gdb symbols for every module loaded in the guest (from `kmemgdb module-path`).
-
-Usage: kmem symbols
-Symbols of modules loaded later arrive by themselves; this is for modules loaded before attach."""
-    PARSER = parser("kmem symbols", "Load symbols of loaded guest modules.")
+    PARSER = parser("kmem symbols", "Load gdb symbols for every module loaded in the guest (from "
+                    "`kmemgdb module-path`).", """\
+Symbols of modules loaded later arrive by themselves; this is for modules loaded before attach.""")
 
     def __init__(self):
         super().__init__("kmem symbols")
@@ -232,14 +208,12 @@ Symbols of modules loaded later arrive by themselves; this is for modules loaded
 
 
 class KmemSymbolize(KmemCommand):
-    """Name guest code addresses the kernel's way, with source file and line.
-
-Usage: kmem symbolize [--json] [--exact] PC...
-Addresses are taken as return addresses (the line shown is the call's) unless --exact."""
-    PARSER = parser("kmem symbolize", "Name guest code addresses.")
+    PARSER = parser("kmem symbolize", "Name guest code addresses the kernel's way, with source "
+                    "file and line.", """\
+Addresses are taken as return addresses (the line shown is the call's) unless --exact.""")
     PARSER.add_argument("--json", action="store_true", help="one JSON list on one line")
     PARSER.add_argument("--exact", action="store_true", help="PCs are not return addresses")
-    PARSER.add_argument("pcs", type=address, nargs="+")
+    PARSER.add_argument("pcs", type=address, nargs="+", metavar="PC", help=ADDRESS_HELP)
 
     def __init__(self):
         super().__init__("kmem symbolize")
@@ -253,17 +227,18 @@ Addresses are taken as return addresses (the line shown is the call's) unless --
 
 
 class KmemFailAlloc(KmemCommand):
-    """Make the Nth allocation a module makes fail, as if the allocator returned NULL.
-
-Usage: kmem fail-alloc MODULE N | kmem fail-alloc off | kmem fail-alloc [--json]
+    PARSER = parser("kmem fail-alloc", "Make the Nth allocation a module makes fail, as if the "
+                    "allocator returned NULL.", """\
+`kmem fail-alloc MODULE N` sets it, `kmem fail-alloc off` stops it; alone, it shows the plan.
 Counts the calls the module's code makes to the allocation helpers (kmalloc, kmem_cache_alloc,
 kstrdup, kvmalloc, vmalloc, devm_kmalloc, ...), from when it is set (set it before loading
 the module to reach its init). The Nth call is skipped and returns NULL: the module's error
-path runs, and `kmemleak scan` shows what it leaks. Each counted call stops the guest once."""
-    PARSER = parser("kmem fail-alloc", "Make a module's Nth allocation fail.")
+path runs, and `kmemleak scan` shows what it leaks. Each counted call stops the guest once.""")
     PARSER.add_argument("--json", action="store_true", help="the plan and its outcome as JSON")
-    PARSER.add_argument("module", nargs="?", help="module name, or `off`")
-    PARSER.add_argument("nth", nargs="?", type=int, help="which allocation fails (1 = the first)")
+    PARSER.add_argument("module", nargs="?", metavar="MODULE", help="module name, or `off`",
+                        complete=lambda _done, _partial: ["off", *guestnames.GUEST_NAMES.modules()])
+    PARSER.add_argument("nth", nargs="?", type=int, metavar="N",
+                        help="which allocation fails (1 = the first)")
     NEEDS_STOPPED_GUEST = False
 
     def __init__(self):
@@ -294,6 +269,7 @@ path runs, and `kmemleak scan` shows what it leaks. Each counted call stops the 
 
 
 def register() -> None:
+    guestnames.register_events()
     for cls in (Kmem, KmemInfo, KmemFailAlloc, KmemErrors, KmemSymbols, KmemSymbolize, KmemVtop, KmemPte, KmemPteHide, KmemPteShow, KmemPteShowAll,
                 KmemPteList):
         cls()

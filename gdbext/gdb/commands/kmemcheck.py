@@ -1,28 +1,45 @@
 """`kmemcheck`: the host-side uninitialized-memory checker, with the kernel's 0/1/2 modes."""
 from __future__ import annotations
 
+import argparse
 import json
 
 import gdb
 
 from ...core import shadow as S
 from ...core.kmemcheck_report import finding_json, render_finding
+from ..guestnames import GUEST_NAMES
 from ..kmemcheck import KMEMCHECK, Suppression
-from .base import KmemCommand, address, parser
+from .base import (ADDRESS_HELP, KmemCommand, address, parser, require_stopped_guest,
+                   verb_lines)
 from .kmem import painter
 
 
-class Kmemcheck(KmemCommand):
-    """Host-side kmemcheck: catch reads of uninitialized and freed kernel heap memory.
+def mode(text: str) -> int:
+    if text not in ("0", "1", "2"):
+        raise argparse.ArgumentTypeError(f"unknown argument {text!r}: 0 off, 1 on, 2 one-shot")
+    return int(text)
 
-Usage: kmemcheck [0|1|2]
-  kmemcheck          show state: tracked scope, hidden pages, objects, reports, fault counts
-  kmemcheck 1        on: hide the pages of tracked objects and check every access to them
-  kmemcheck 2        one-shot: on, and off again after the first report
-  kmemcheck 0        off: every hidden page is shown again; the guest keeps running
-Scope first: `kmemcheck track cache NAME` (see `help kmemcheck track`). The guest must map its
-direct map with 4 KiB pages: boot it with debug_pagealloc=on.
-Options: `set kmemcheck partial-ok|bitfield-ok|report-limit|shadow-window|verify|watchdog`."""
+
+def scope_names(done: list[str], _partial: str) -> list[str]:
+    """NAME after `cache` or `module` in `kmemcheck track|notrack`."""
+    return {"cache": GUEST_NAMES.caches, "module": GUEST_NAMES.modules}.get(done[0], list)()
+
+
+MODES = "1 on, 2 one-shot, 0 off; alone: the state"
+
+
+class Kmemcheck(KmemCommand):
+    PARSER = parser("kmemcheck", "Host-side kmemcheck: catch reads of uninitialized and freed "
+                    "kernel heap memory.", """\
+Without an argument: the state (tracked scope, hidden pages, objects, reports, fault counts).
+  1  on: hide the pages of tracked objects and check every access to them
+  2  one-shot: on, and off again after the first report
+  0  off: every hidden page is shown again; the guest keeps running
+Scope first: `kmemcheck track cache NAME`; `kmemcheck help` lists the subcommands. The guest
+must map its direct map with 4 KiB pages: boot it with debug_pagealloc=on.
+Options: `set kmemcheck partial-ok|bitfield-ok|report-limit|shadow-window|verify|watchdog`.""")
+    PARSER.add_argument("mode", nargs="?", type=mode, metavar="0|1|2", help=MODES)
     NEEDS_STOPPED_GUEST = False
 
     def __init__(self):
@@ -30,21 +47,16 @@ Options: `set kmemcheck partial-ok|bitfield-ok|report-limit|shadow-window|verify
 
     def run(self, args) -> None:
         KMEMCHECK.finish_cleanup()
-        if not args:
+        if args.mode is None:
             gdb.write(status() + "\n")
             return
-        if len(args) != 1 or args[0] not in ("0", "1", "2"):
-            raise gdb.GdbError(f"kmemcheck: unknown argument {' '.join(args)!r} "
-                               "(0 off, 1 on, 2 one-shot; see `help kmemcheck`)")
-        mode = int(args[0])
-        if mode == 0:
+        if args.mode == 0:
             shown = KMEMCHECK.disable()
             gdb.write(f"kmemcheck: off, {shown} hidden page(s) shown again\n")
             return
-        from .base import require_stopped_guest
         require_stopped_guest("kmemcheck")
-        hidden = KMEMCHECK.enable(mode)
-        gdb.write(f"kmemcheck: {'one-shot' if mode == 2 else 'on'}, tracking "
+        hidden = KMEMCHECK.enable(args.mode)
+        gdb.write(f"kmemcheck: {'one-shot' if args.mode == 2 else 'on'}, tracking "
                   f"{KMEMCHECK.scope.describe()}: {hidden} page(s) hidden\n")
 
 
@@ -76,16 +88,15 @@ def status() -> str:
 
 
 class KmemcheckTrack(KmemCommand):
-    """Choose which heap objects kmemcheck watches (each watched access stops the guest).
-
-Usage: kmemcheck track all | cache NAME | module NAME
+    PARSER = parser("kmemcheck track", "Choose which heap objects kmemcheck watches.", """\
+Each watched access stops the guest.
   cache NAME    objects of slab cache NAME (/sys/kernel/slab/NAME; glob patterns work)
   all           every slab cache except task_struct, kmem_cache, kmem_cache_node (slow)
   module NAME   objects allocated by module NAME's code
-Nothing is tracked until asked. Works with kmemcheck on or off."""
-    PARSER = parser("kmemcheck track", "Choose what kmemcheck watches.")
-    PARSER.add_argument("what", choices=["all", "cache", "module"])
-    PARSER.add_argument("name", nargs="?")
+Nothing is tracked until asked. Works with kmemcheck on or off.""")
+    PARSER.add_argument("what", choices=["all", "cache", "module"], metavar="all|cache|module")
+    PARSER.add_argument("name", nargs="?", metavar="NAME", complete=scope_names,
+                        help="a cache name or glob, or a module name")
     NEEDS_STOPPED_GUEST = False
 
     def __init__(self):
@@ -108,14 +119,12 @@ Nothing is tracked until asked. Works with kmemcheck on or off."""
 
 
 class KmemcheckNotrack(KmemCommand):
-    """Stop watching a slab cache (the counterpart of the kernel's SLAB_NOTRACK), or a module.
-
-Usage: kmemcheck notrack cache NAME | module NAME
+    PARSER = parser("kmemcheck notrack", "Stop watching a cache (the kernel's SLAB_NOTRACK) or a "
+                    "module.", """\
 A cache named by `track cache NAME` is dropped from the list; any other name becomes an
-exception to `track all` or to a glob (`track cache kmalloc-*`, `notrack cache kmalloc-64`)."""
-    PARSER = parser("kmemcheck notrack", "Stop watching a cache or a module.")
-    PARSER.add_argument("what", choices=["cache", "module"])
-    PARSER.add_argument("name")
+exception to `track all` or to a glob (`track cache kmalloc-*`, `notrack cache kmalloc-64`).""")
+    PARSER.add_argument("what", choices=["cache", "module"], metavar="cache|module")
+    PARSER.add_argument("name", metavar="NAME", complete=scope_names, help="a cache or module name")
     NEEDS_STOPPED_GUEST = False
 
     def __init__(self):
@@ -133,13 +142,12 @@ exception to `track all` or to a glob (`track cache kmalloc-*`, `notrack cache k
 
 
 class KmemcheckShadow(KmemCommand):
-    """Print kmemcheck's shadow of a range: a unallocated, u uninitialized, i initialized, f freed.
-
-Usage: kmemcheck shadow ADDR [LEN]
-LEN defaults to the shadow window (set kmemcheck shadow-window). Untracked bytes print as '.'."""
-    PARSER = parser("kmemcheck shadow", "Print the shadow of a range.")
-    PARSER.add_argument("addr", type=address)
-    PARSER.add_argument("length", type=lambda t: int(t, 0), nargs="?")
+    PARSER = parser("kmemcheck shadow", "Print the shadow of a range: a unallocated, "
+                    "u uninitialized, i initialized, f freed.",
+                    "Untracked bytes print as '.'.")
+    PARSER.add_argument("addr", type=address, metavar="ADDR", help=ADDRESS_HELP)
+    PARSER.add_argument("length", type=lambda t: int(t, 0), nargs="?", metavar="LEN",
+                        help="bytes (default: the shadow window, set kmemcheck shadow-window)")
     NEEDS_STOPPED_GUEST = False
 
     def __init__(self):
@@ -160,10 +168,7 @@ LEN defaults to the shadow window (set kmemcheck shadow-window). Untracked bytes
 
 
 class KmemcheckReport(KmemCommand):
-    """Show kmemcheck's reports so far.
-
-Usage: kmemcheck report [--json]"""
-    PARSER = parser("kmemcheck report", "Show the reports.")
+    PARSER = parser("kmemcheck report", "Show kmemcheck's reports so far.")
     PARSER.add_argument("--json", action="store_true", help="one JSON object on one line")
     NEEDS_STOPPED_GUEST = False
 
@@ -186,17 +191,22 @@ Usage: kmemcheck report [--json]"""
         gdb.write(f"kmemcheck: {len(reports)} report(s)\n")
 
 
-class KmemcheckSuppress(KmemCommand):
-    """Do not report matching findings (host-side __GFP_NOTRACK_FALSE_POSITIVE).
+def suppression_words(_done: list[str], partial: str) -> list[str]:
+    if partial.startswith("cache="):
+        return [f"cache={name}" for name in GUEST_NAMES.caches()]
+    return ["site=", "cache=", "field="]
 
-Usage: kmemcheck suppress site=FUNCTION-GLOB | cache=GLOB | field=STRUCT.FIELD-GLOB
-  site    the object's allocation backtrace has a function matching the glob
-  cache   the object's slab cache matches
-  field   the accessed bytes are that field (`check_req.timeout`, `sk_buff.*`)
-`kmemcheck suppress --clear` removes them all; `kmemcheck` lists them."""
-    PARSER = parser("kmemcheck suppress", "Suppress matching findings.")
-    PARSER.add_argument("spec", nargs="?")
-    PARSER.add_argument("--clear", action="store_true")
+
+class KmemcheckSuppress(KmemCommand):
+    PARSER = parser("kmemcheck suppress", "Do not report matching findings (host-side "
+                    "__GFP_NOTRACK_FALSE_POSITIVE).", """\
+  site=GLOB   the object's allocation backtrace has a function matching the glob
+  cache=GLOB  the object's slab cache matches
+  field=GLOB  the accessed bytes are that field (`check_req.timeout`, `sk_buff.*`)
+`kmemcheck` lists them.""")
+    PARSER.add_argument("spec", nargs="?", metavar="site=|cache=|field=GLOB",
+                        complete=suppression_words)
+    PARSER.add_argument("--clear", action="store_true", help="remove every suppression")
     NEEDS_STOPPED_GUEST = False
 
     def __init__(self):
@@ -211,6 +221,33 @@ Usage: kmemcheck suppress site=FUNCTION-GLOB | cache=GLOB | field=STRUCT.FIELD-G
             raise gdb.GdbError("kmemcheck suppress: give site=GLOB, cache=GLOB or field=STRUCT.FIELD")
         KMEMCHECK.suppressions.append(Suppression(args.spec))
         gdb.write(f"kmemcheck: suppressing {args.spec}\n")
+
+
+SUBCOMMANDS = (KmemcheckTrack, KmemcheckNotrack, KmemcheckShadow, KmemcheckReport,
+               KmemcheckSuppress)
+SUBCOMMAND_PARSERS = {c.PARSER.prog.split()[-1]: c.PARSER for c in SUBCOMMANDS}
+
+
+class KmemcheckHelp(KmemCommand):
+    PARSER = parser("kmemcheck help",
+                    "List the subcommands of kmemcheck, or show one's arguments.")
+    PARSER.add_argument("verb", nargs="?", metavar="SUBCOMMAND",
+                        choices=list(SUBCOMMAND_PARSERS))
+    NEEDS_STOPPED_GUEST = False
+
+    def __init__(self):
+        super().__init__("kmemcheck help")
+
+    def run(self, args) -> None:
+        if args.verb:
+            gdb.write(SUBCOMMAND_PARSERS[args.verb].full_help() + "\n")
+            return
+        gdb.write("\n".join([Kmemcheck.PARSER.summary, "",
+                             verb_lines([(Kmemcheck.PARSER.usage_line(), MODES),
+                                         *((p.usage_line(), p.summary)
+                                           for p in SUBCOMMAND_PARSERS.values())]), "",
+                             "`kmemcheck help SUBCOMMAND` (or `help kmemcheck SUBCOMMAND`) shows "
+                             "its arguments;\n`help set kmemcheck` the options."]) + "\n")
 
 
 class _Option(gdb.Parameter):
@@ -268,6 +305,5 @@ def register() -> None:
             "Seconds of guest running time without progress (a stopped clock, one access "
             "faulting over and over, a hook that does not return) after which kmemcheck stops "
             "the guest, prints what it was doing and turns off; 0: never.")
-    for cls in (Kmemcheck, KmemcheckTrack, KmemcheckNotrack, KmemcheckShadow, KmemcheckReport,
-                KmemcheckSuppress):
+    for cls in (Kmemcheck, *SUBCOMMANDS, KmemcheckHelp):
         cls()

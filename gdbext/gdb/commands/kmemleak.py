@@ -1,6 +1,7 @@
 """`kmemleak`: the kernel's /sys/kernel/debug/kmemleak interface, run from the debugger."""
 from __future__ import annotations
 
+import argparse
 import json
 
 import gdb
@@ -8,68 +9,106 @@ import gdb
 from ...core import leaks as L
 from ...core.leakreport import (SuppressionError, hex_dump, parse_suppressions,
                                 render_heap_finding, render_leak, render_report, suppression_for)
+from ...core.completion import file_names
 from ...core.heap.model import KIND_NAMES, MIN_COUNT_BLACK
 from .. import target
 from ..heapctx import guest_context
 from ..kmemleak import KMEMLEAK, Describer, jiffies_now, periodic
 from ..session import SESSION
-from .base import KmemCommand, address, parser, require_stopped_guest
+from .base import (ADDRESS_HELP, VerbCommand, address, on_off, parser, require_stopped_guest,
+                   verb)
 from .kmem import painter
 
-USAGE = """kmemleak                 show the current report (direct leaks, indirect ones counted)
-kmemleak scan            scan now (the guest must be stopped)
-kmemleak scan=on|off|SECS  periodic scans while the guest runs: interrupt, scan, resume
-                         (on: every 600 s, as the kernel's kmemleak thread). After the first
-                         one gdb keeps its prompt while the guest runs, as with `continue &`:
-                         stop the guest with `interrupt`.
-kmemleak report [--all] [--new] [--json]
-kmemleak clear           mark every current suspect as reported: only new leaks show
-kmemleak mark | new      remember what is allocated now | report only leaks allocated since
-kmemleak dump=ADDR       what is known about the object containing ADDR
-kmemleak why ADDR        a shortest reference chain from a root to the object
-kmemleak stack=on|off    scan task stacks (default on)
-kmemleak age=on|off      apply the kernel's rule: unreferenced in two scans and older than 5 s
-kmemleak suppress FILE   load suppressions (function=GLOB module=NAME cache=GLOB per line)
-kmemleak suppressions [generate|clear]   list them, print entries matching the current
-                         report, or drop them all
-kmemleak hooks=on|off    watch the kernel's and modules' kmemleak_not_leak/ignore/no_scan/
-                         free_part/scan_area/update_trace calls (default on), at each call
-                         instruction rather than in the functions (a breakpoint makes QEMU run
-                         its whole page slowly, and they share one with kmemleak_alloc/free),
-                         and task exits (names of exited tasks). Annotations already seen are
-                         kept when off.
-kmemleak module-caches=on|off  give every cache a module creates from now on SLUB user
-                         tracking (allocation backtraces), as slub_debug=U,NAME would: its
-                         kmem_cache_create() call gets SLAB_STORE_USER added (default off)
-kmemleak on|off          enable or disable kmemleak (off also removes the hooks)"""
+
+def _report(prog: str, summary: str, details: str = "", since_mark: bool = True):
+    p = parser(prog, summary, details)
+    p.add_argument("--all", action="store_true", help="list indirect leaks too")
+    if since_mark:
+        p.add_argument("--new", action="store_true", help="only leaks allocated since the mark")
+    p.add_argument("--json", action="store_true", help="one JSON object on one line")
+    return p
 
 
-class KmemleakCommand(KmemCommand):
-    __doc__ = "Host-side kmemleak: find kernel memory leaks from the debugger.\n\n" + USAGE
-    NEEDS_STOPPED_GUEST = False
+def period(text: str) -> float:
+    """scan=on (every 600 s, the kernel's default), scan=off (0), scan=SECS."""
+    if text == "off":
+        return 0.0
+    try:
+        seconds = 600.0 if text == "on" else float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError("expected scan=on, scan=off or scan=SECONDS")
+    return seconds
+
+
+SCAN = parser("kmemleak scan", "Scan now; or scan periodically while the guest runs.", """\
+Without an argument: walk the heap and scan now (the guest must be stopped).
+on|off|SECS: periodic scans while the guest runs: interrupt, scan, resume (on: every 600 s, as
+the kernel's kmemleak thread). After the first one gdb keeps its prompt while the guest runs,
+as with `continue &`: stop the guest with `interrupt`.""")
+SCAN.add_argument("period", nargs="?", type=period, metavar="on|off|SECS",
+                  complete=("on", "off"), help="periodic scans: on (600 s), off, or seconds")
+REPORT = _report("kmemleak report", "Show the report (also plain `kmemleak`).",
+                 "Heap bugs, then direct leaks, each with how many indirect leaks hang from it.")
+NEW = _report("kmemleak new", "Report only leaks allocated since `kmemleak mark`.",
+              since_mark=False)
+CLEAR = parser("kmemleak clear", "Mark every current suspect as reported: only new leaks show.")
+MARK = parser("kmemleak mark", "Remember what is allocated now (see `kmemleak new`).")
+DUMP = parser("kmemleak dump", "What is known about the object containing ADDR.",
+              "Cache, size, state at the last scan, allocation backtrace, pid, age, referrers.")
+DUMP.add_argument("addr", type=address, metavar="ADDR", help=ADDRESS_HELP)
+WHY = parser("kmemleak why", "A shortest reference chain from a root to the object at ADDR.",
+             "Or why the object is unreferenced (a direct or an indirect leak), or ignored.")
+WHY.add_argument("addr", type=address, metavar="ADDR", help=ADDRESS_HELP)
+
+
+def _switch(verb_name: str, summary: str, details: str = ""):
+    p = parser(f"kmemleak {verb_name}", summary, details)
+    p.add_argument("state", type=on_off, metavar="on|off")
+    return p
+
+
+STACK = _switch("stack", "Scan task stacks (default on).")
+AGE = _switch("age", "The kernel's rule: unreferenced in two scans and older than 5 s.",
+              "Default off: the guest is stopped during a scan, so reports are immediate.")
+HOOKS = _switch("hooks", "Watch the guest's kmemleak_* annotation calls (default on).", """\
+Watch the kernel's and modules' kmemleak_not_leak/ignore/no_scan/free_part/scan_area/update_trace
+calls, at each call instruction rather than in the functions (a breakpoint makes QEMU run its
+whole page slowly, and they share one with kmemleak_alloc/free), and task exits (names of
+exited tasks). Annotations already seen are kept when off.""")
+MODULE_CACHES = _switch("module-caches", "SLUB user tracking for caches modules create.", """\
+Give every cache a module creates from now on SLUB user tracking (allocation backtraces), as
+slub_debug=U,NAME would: its kmem_cache_create() call gets SLAB_STORE_USER added (default off).""")
+SUPPRESS = parser("kmemleak suppress", "Load suppressions from FILE.",
+                  "One per line: function=GLOB module=NAME cache=GLOB (all given fields must "
+                  "match).")
+SUPPRESS.add_argument("file", metavar="FILE", complete=file_names)
+SUPPRESSIONS = parser("kmemleak suppressions", "List suppressions; generate or clear them.",
+                      "generate: print entries matching the current report; clear: drop them all.")
+SUPPRESSIONS.add_argument("action", nargs="?", choices=("generate", "clear"),
+                          metavar="generate|clear")
+ON = parser("kmemleak on", "Enable kmemleak.")
+OFF = parser("kmemleak off", "Disable kmemleak (also removes its hooks).")
+
+
+class KmemleakCommand(VerbCommand):
+    SUMMARY = """\
+Host-side kmemleak: find kernel memory leaks from the debugger.
+The kernel's /sys/kernel/debug/kmemleak interface, typed at the gdb prompt:"""
+    NOTES = """\
+A verb's value may follow `=`, as in the kernel's interface: kmemleak stack=on, dump=ADDR,
+scan=SECS. `kmemleak help VERB` shows a verb's arguments."""
+    DEFAULT_VERB = "report"
 
     def __init__(self):
         super().__init__("kmemleak")
 
-    def run(self, argv: list[str]) -> None:
-        if not argv:
-            return self.show([])
-        verb, _, value = argv[0].partition("=")
-        handler = {"scan": self.scan, "report": self.show, "clear": self.clear, "mark": self.mark,
-                   "new": lambda a: self.show(["--new"] + a), "dump": self.dump, "why": self.why,
-                   "stack": self.stack, "age": self.age, "hooks": self.hooks, "suppress": self.suppress,
-                   "module-caches": self.module_caches,
-                   "suppressions": self.suppressions, "on": self.on, "off": self.off}.get(verb)
-        if handler is None:
-            raise gdb.GdbError(f"kmemleak: unknown command {argv[0]!r} (see `help kmemleak`)")
-        args = ([value] if value else []) + argv[1:]
-        handler(args)
-
     # -- scanning and reports ----------------------------------------------------------------
-    def scan(self, args) -> None:
-        if args:
-            return self.periodic(args)
-        _parse("kmemleak scan", args)
+    @verb(SCAN)
+    def scan(self, opts) -> None:
+        if opts.period is not None:
+            return periodic_scans(opts.period)
         require_stopped_guest("kmemleak scan")
         if not KMEMLEAK.enabled:
             raise gdb.GdbError("kmemleak scan: kmemleak is off (`kmemleak on`)")
@@ -82,55 +121,21 @@ class KmemleakCommand(KmemCommand):
             gdb.write(f"kmemleak: {finding.kind}: {finding.what} (its slab's objects are never "
                       "reported; see `kmemleak`)\n")
 
-    def periodic(self, args) -> None:
-        """scan=on (every 600 s, the kernel's default), scan=off, scan=SECS."""
-        value = args[0] if len(args) == 1 else ""
-        if value == "off":
-            periodic().stop()
-            gdb.write("kmemleak: periodic scans off\n")
-            return
-        try:
-            seconds = 600.0 if value == "on" else float(value)
-        except ValueError:
-            seconds = 0.0
-        if not seconds > 0:
-            raise gdb.GdbError("kmemleak scan: expected scan=on, scan=off or scan=SECONDS")
-        periodic().start(seconds)
-        gdb.write(f"kmemleak: the running guest is interrupted and scanned every {seconds:g} s\n")
+    @verb(REPORT)
+    def report(self, opts) -> None:
+        show(opts, since_mark=opts.new)
 
-    def show(self, args) -> None:
-        p = _parser("kmemleak report")
-        p.add_argument("--all", action="store_true", help="list indirect leaks too")
-        p.add_argument("--new", action="store_true", help="only leaks allocated since the mark")
-        p.add_argument("--json", action="store_true")
-        opts = p.parse_args(args)
-        outcome = _last()
-        leaks, suppressed = KMEMLEAK.state.filter(outcome.leaks, since_mark=opts.new)
-        if opts.json:
-            gdb.write(json.dumps({"leaks": [l.to_json() for l in leaks], "suppressed": suppressed,
-                                  "objects": len(outcome.snapshot.heap), "notes": outcome.notes,
-                                  "scan_seconds": outcome.seconds,
-                                  "heap_findings": [f.to_json() for f in outcome.heap_findings]})
-                      + "\n")
-            return
-        paint = painter()
-        for finding in outcome.heap_findings:
-            gdb.write(render_heap_finding(finding, paint) + "\n")
-        if opts.all:
-            text = "\n".join(render_leak(l, paint) for l in leaks)
-            gdb.write((text + "\n" if text else "") + f"kmemleak: {len(leaks)} leak(s)\n")
-        else:
-            gdb.write(render_report(leaks, paint, outcome.notes) + "\n")
-        if suppressed:
-            gdb.write(f"kmemleak: {suppressed} suppressed\n")
+    @verb(NEW)
+    def new(self, opts) -> None:
+        show(opts, since_mark=True)
 
-    def clear(self, args) -> None:
-        _parse("kmemleak clear", args)
+    @verb(CLEAR)
+    def clear(self, _opts) -> None:
         KMEMLEAK.state.clear(_last().leaks)
         gdb.write(f"kmemleak: {len(_last().leaks)} suspect(s) marked as reported\n")
 
-    def mark(self, args) -> None:
-        _parse("kmemleak mark", args)
+    @verb(MARK)
+    def mark(self, _opts) -> None:
         require_stopped_guest("kmemleak mark")
         outcome = KMEMLEAK.scan()
         jiffies = jiffies_now(guest_context())
@@ -139,8 +144,10 @@ class KmemleakCommand(KmemCommand):
                   "objects); `kmemleak new` reports leaks allocated after it\n")
 
     # -- objects ------------------------------------------------------------------------------
-    def dump(self, args) -> None:
-        addr, outcome, i = _object_at("kmemleak dump", args)
+    @verb(DUMP)
+    def dump(self, opts) -> None:
+        addr = opts.addr
+        outcome, i = _object_at("kmemleak dump", addr)
         heap, res = outcome.snapshot.heap, outcome.result
         leak = Describer(guest_context(), heap)(i, "-", None)
         state = ("referenced" if res.gray[i] else
@@ -165,8 +172,9 @@ class KmemleakCommand(KmemCommand):
         lines += ["    " + r for r in refs[:16]] or ["    nothing"]
         gdb.write("\n".join(lines) + "\n")
 
-    def why(self, args) -> None:
-        _, outcome, i = _object_at("kmemleak why", args)
+    @verb(WHY)
+    def why(self, opts) -> None:
+        outcome, i = _object_at("kmemleak why", opts.addr)
         heap, res = outcome.snapshot.heap, outcome.result
         if heap.min_count[i] == MIN_COUNT_BLACK:
             gdb.write(f"{describe_object(heap, i)} is ignored (kmemleak_ignore or "
@@ -182,12 +190,14 @@ class KmemleakCommand(KmemCommand):
         gdb.write("\n".join(reference_chain(outcome, i)) + "\n")
 
     # -- options -----------------------------------------------------------------------------
-    def stack(self, args) -> None:
-        KMEMLEAK.stack_scan = _on_off("kmemleak stack", args)
+    @verb(STACK)
+    def stack(self, opts) -> None:
+        KMEMLEAK.stack_scan = opts.state
         gdb.write(f"kmemleak: task stacks {'are' if KMEMLEAK.stack_scan else 'are not'} scanned\n")
 
-    def hooks(self, args) -> None:
-        KMEMLEAK.hooks_wanted = _on_off("kmemleak hooks", args)
+    @verb(HOOKS)
+    def hooks(self, opts) -> None:
+        KMEMLEAK.hooks_wanted = opts.state
         if KMEMLEAK.hooks_wanted and KMEMLEAK.enabled and target.connected():
             KMEMLEAK.install_hooks()
         elif not KMEMLEAK.hooks_wanted:
@@ -195,20 +205,22 @@ class KmemleakCommand(KmemCommand):
         gdb.write(f"kmemleak: annotation hooks {'on' if KMEMLEAK.hooks else 'off'} "
                   f"({len(KMEMLEAK.annotations.calls)} annotation(s) remembered)\n")
 
-    def module_caches(self, args) -> None:
-        on = _on_off("kmemleak module-caches", args)
+    @verb(MODULE_CACHES)
+    def module_caches(self, opts) -> None:
+        on = opts.state
         if on:
             require_stopped_guest("kmemleak module-caches")
         KMEMLEAK.track_module_caches(on)
         gdb.write(f"kmemleak: caches modules create {'get' if on else 'do not get'} SLUB user "
                   "tracking\n")
 
-    def age(self, args) -> None:
-        KMEMLEAK.state.age_rule = _on_off("kmemleak age", args)
+    @verb(AGE)
+    def age(self, opts) -> None:
+        KMEMLEAK.state.age_rule = opts.state
         gdb.write(f"kmemleak: age rule {'on' if KMEMLEAK.state.age_rule else 'off'}\n")
 
-    def suppress(self, args) -> None:
-        opts = _parse("kmemleak suppress", args, ("file",))
+    @verb(SUPPRESS)
+    def suppress(self, opts) -> None:
         try:
             with open(opts.file) as fh:
                 sups = parse_suppressions(fh.read(), opts.file)
@@ -219,35 +231,67 @@ class KmemleakCommand(KmemCommand):
         KMEMLEAK.state.suppressions += sups
         gdb.write(f"kmemleak: {len(sups)} suppression(s) loaded from {opts.file}\n")
 
-    def suppressions(self, args) -> None:
-        if args == ["clear"]:
+    @verb(SUPPRESSIONS)
+    def suppressions(self, opts) -> None:
+        if opts.action == "clear":
             KMEMLEAK.state.suppressions = []
             gdb.write("kmemleak: suppressions cleared\n")
             return
-        if args and args[0] == "generate":
+        if opts.action == "generate":
             leaks, _ = KMEMLEAK.state.filter(_last().leaks)
             lines = {suppression_for(l).line() for l in leaks if l.kind == "direct"}
             gdb.write("".join(f"{line}\n" for line in sorted(lines)))
             return
-        _parse("kmemleak suppressions", args)
         for s in KMEMLEAK.state.suppressions:
             gdb.write(s.line() + "\n")
         gdb.write(f"kmemleak: {len(KMEMLEAK.state.suppressions)} suppression(s)\n")
 
-    def on(self, args) -> None:
-        _parse("kmemleak on", args)
+    @verb(ON)
+    def on(self, _opts) -> None:
         KMEMLEAK.enabled = True
         if target.connected() and KMEMLEAK.hooks_wanted:
             KMEMLEAK.install_hooks()
         gdb.write("kmemleak: on\n")
 
-    def off(self, args) -> None:
-        _parse("kmemleak off", args)
+    @verb(OFF)
+    def off(self, _opts) -> None:
         KMEMLEAK.enabled = False
         KMEMLEAK.remove_hooks()
         KMEMLEAK.track_module_caches(False)
         periodic().stop()
         gdb.write("kmemleak: off (guest hooks removed)\n")
+
+
+def periodic_scans(seconds: float) -> None:
+    if not seconds:
+        periodic().stop()
+        gdb.write("kmemleak: periodic scans off\n")
+        return
+    periodic().start(seconds)
+    gdb.write(f"kmemleak: the running guest is interrupted and scanned every {seconds:g} s\n")
+
+
+def show(opts, since_mark: bool) -> None:
+    """The report of the last scan (`kmemleak`, `kmemleak report`, `kmemleak new`)."""
+    outcome = _last()
+    leaks, suppressed = KMEMLEAK.state.filter(outcome.leaks, since_mark=since_mark)
+    if opts.json:
+        gdb.write(json.dumps({"leaks": [l.to_json() for l in leaks], "suppressed": suppressed,
+                              "objects": len(outcome.snapshot.heap), "notes": outcome.notes,
+                              "scan_seconds": outcome.seconds,
+                              "heap_findings": [f.to_json() for f in outcome.heap_findings]})
+                  + "\n")
+        return
+    paint = painter()
+    for finding in outcome.heap_findings:
+        gdb.write(render_heap_finding(finding, paint) + "\n")
+    if opts.all:
+        text = "\n".join(render_leak(l, paint) for l in leaks)
+        gdb.write((text + "\n" if text else "") + f"kmemleak: {len(leaks)} leak(s)\n")
+    else:
+        gdb.write(render_report(leaks, paint, outcome.notes) + "\n")
+    if suppressed:
+        gdb.write(f"kmemleak: {suppressed} suppressed\n")
 
 
 def describe_object(heap, i: int) -> str:
@@ -295,39 +339,21 @@ def reference_chain(outcome, i: int) -> list[str]:
     return lines
 
 
-def _object_at(prog: str, args: list[str]):
-    """(address, last scan, heap index) for commands that take an address inside an object."""
-    opts = _parse(prog, args, ("addr",))
+def _object_at(prog: str, addr: int):
+    """(last scan, heap index) of the object containing ADDR."""
     require_stopped_guest(prog)
     outcome = KMEMLEAK.last or KMEMLEAK.scan()
-    i = outcome.snapshot.heap.find(opts.addr)
+    i = outcome.snapshot.heap.find(addr)
     if i is None:
-        raise gdb.GdbError(f"{prog}: {opts.addr:#x} is not inside a heap object kmemleak tracks "
+        raise gdb.GdbError(f"{prog}: {addr:#x} is not inside a heap object kmemleak tracks "
                            "(slab object, large kmalloc or vmalloc area) at the last scan")
-    return opts.addr, outcome, i
+    return outcome, i
 
 
 def _last():
     if KMEMLEAK.last is None:
         raise gdb.GdbError("kmemleak: no scan yet: stop the guest and run `kmemleak scan`")
     return KMEMLEAK.last
-
-
-def _parser(prog: str):
-    return parser(prog, prog)
-
-
-def _parse(prog: str, args: list[str], positional: tuple[str, ...] = ()):
-    p = _parser(prog)
-    for name in positional:
-        p.add_argument(name, type=address if name == "addr" else str)
-    return p.parse_args(args)
-
-
-def _on_off(prog: str, args: list[str]) -> bool:
-    if len(args) != 1 or args[0] not in ("on", "off"):
-        raise gdb.GdbError(f"{prog}: expected on or off, as in `{prog}=on`")
-    return args[0] == "on"
 
 
 def register() -> None:
