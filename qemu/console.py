@@ -1,7 +1,9 @@
 """The guest's serial console: a log of everything it printed, waits, and shell commands."""
 from __future__ import annotations
 
+import codecs
 import itertools
+import os
 import re
 import threading
 import time
@@ -20,12 +22,29 @@ class ConsoleError(Exception):
     """A wait on the console ended without what was expected."""
 
 
+def pump(fd: int, console: Console, tap: Callable[[bytes], None] | None = None) -> None:
+    """Feed CONSOLE (and TAP, the raw bytes) from FD until QEMU closes it."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        console.feed(decoder.decode(chunk))
+        if tap:
+            tap(chunk)
+    console.close()
+
+
 class Console:
     """Collects the guest's console output (fed by the launcher's reader thread)."""
 
-    def __init__(self, log_path: Path, write: Callable[[bytes], None]):
+    def __init__(self, log_path: Path | None, write: Callable[[bytes], None]):
         self.log_path = log_path
-        self._log: IO[str] = open(log_path, "w", encoding="utf-8", errors="replace")
+        self._log: IO[str] | None = (open(log_path, "w", encoding="utf-8", errors="replace")
+                                     if log_path else None)
         self._write = write
         self._text = ""
         self._cond = threading.Condition()
@@ -35,14 +54,16 @@ class Console:
     def feed(self, data: str) -> None:
         with self._cond:
             self._text += data.replace("\r", "")
-            self._log.write(data.replace("\r", ""))
-            self._log.flush()
+            if self._log:
+                self._log.write(data.replace("\r", ""))
+                self._log.flush()
             self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
             self.closed = True
-            self._log.close()
+            if self._log:
+                self._log.close()
             self._cond.notify_all()
 
     # -- readers -------------------------------------------------------------------------
@@ -82,6 +103,12 @@ class Console:
                                        + self.tail())
                 self._cond.wait(min(left, 0.5))
 
+    def wait_change(self, since: int, timeout: float) -> None:
+        """Return once the text grew past SINCE, the console closed, or TIMEOUT passed."""
+        with self._cond:
+            if len(self._text) <= since and not self.closed:
+                self._cond.wait(timeout)
+
     # -- writers -------------------------------------------------------------------------
     def send(self, text: str) -> None:
         self._write(text.encode())
@@ -114,3 +141,17 @@ class Pending:
         begin = self.console.wait_for(rf"@@{self.tag}-begin@@\n", timeout, self.since, alive)
         end = self.console.wait_for(rf"@@{self.tag}:(\d+)@@", timeout, begin.end(), alive)
         return self.console.text[begin.end():end.start()], int(end.group(1))
+
+    def progress(self) -> tuple[str, int | None]:
+        """(the output so far, the exit status or None while it runs), without waiting. The
+        output stops at the last full line until the command ended: a line may be the start
+        of the end marker."""
+        text = self.console.text
+        begin = re.compile(rf"@@{self.tag}-begin@@\n").search(text, self.since)
+        if not begin:
+            return "", None
+        end = re.compile(rf"@@{self.tag}:(\d+)@@").search(text, begin.end())
+        if end:
+            return text[begin.end():end.start()], int(end.group(1))
+        body = text[begin.end():]
+        return body[:body.rfind("\n") + 1], None

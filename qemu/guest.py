@@ -1,11 +1,13 @@
 """Start a QEMU guest with its gdbstub open, capture its console, and end it by process id."""
 from __future__ import annotations
 
-import codecs
+import glob
 import itertools
 import json
 import os
+import re
 import secrets
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -15,9 +17,12 @@ from pathlib import Path
 from typing import Callable
 
 from .argv import GuestSpec, kvm_usable, qemu_argv
-from .console import Console, Pending
+from .console import Console, Pending, pump
+from .shellbroker import ShellBroker
 
 SHM_DIR = Path("/dev/shm")
+_RAM_NAME = re.compile(r"kmemgdb-(\d+)-[0-9a-f]+")                    # in /dev/shm
+_SOCKET_NAME = re.compile(r"kmemgdb-(\d+)-[0-9a-f]+\.(?:shell|qmp|tty)")  # in the temp dir
 
 
 class GuestError(Exception):
@@ -45,18 +50,39 @@ def _listening(port: int) -> bool:
 _sync_ids = itertools.count(1)
 
 
-def _pump(fd: int, console: Console) -> None:
-    """Feed CONSOLE from FD until QEMU closes it."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        console.feed(decoder.decode(chunk))
-    console.close()
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:         # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_files(shm_dir: Path = SHM_DIR, tmp_dir: str | None = None) -> list[str]:
+    """Remove RAM files and sockets left by launchers that died without cleaning up (SIGKILL,
+    power loss): their names carry the launcher's pid, and only files whose pid is gone go."""
+    removed = []
+    for directory, pattern in ((str(shm_dir), _RAM_NAME), (tmp_dir or tempfile.gettempdir(), _SOCKET_NAME)):
+        for path in glob.glob(os.path.join(directory, "kmemgdb-*")):
+            m = pattern.fullmatch(os.path.basename(path))
+            if not m or pid_alive(int(m.group(1))):
+                continue
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+def _orphan_guard() -> list[str]:
+    """A prefix that kills QEMU when the launcher dies, however it dies: QEMU runs in a session
+    of its own (a terminal's SIGHUP never reaches it), and a SIGKILLed launcher cannot end it.
+    setpriv (util-linux) sets the parent-death signal and execs QEMU, which keeps it."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 class Guest:
@@ -71,6 +97,8 @@ class Guest:
         # In the temp dir, not the workdir: a unix socket path has at most 107 bytes.
         self.shell_socket = os.path.join(tempfile.gettempdir(), name + ".shell")
         self.qmp_socket = os.path.join(tempfile.gettempdir(), name + ".qmp")
+        self.broker_socket = os.path.join(tempfile.gettempdir(), name + ".tty")
+        self.broker: ShellBroker | None = None
         self.kvm = spec.accel == "kvm" or (spec.accel == "auto" and kvm_usable())
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -78,10 +106,12 @@ class Guest:
         self.shell: Console | None = None     # ttyS1: the guest shell, nothing else
         self._sock: socket.socket | None = None
         self._readers: list[threading.Thread] = []
+        self._shell_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, attempts: int = 5) -> "Guest":
         self.workdir.mkdir(parents=True, exist_ok=True)
+        remove_stale_files()
         last_error = ""
         for _ in range(attempts):
             self.port = free_port()
@@ -100,8 +130,9 @@ class Guest:
             argv += ["-d", "cpu_reset,guest_errors", "-D", str(self.workdir / "qemu-debug.log")]
         self.argv = argv
         self._stderr = open(self.workdir / "qemu-stderr.log", "w+")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, start_new_session=True)
+        self.proc = subprocess.Popen(_orphan_guard() + argv, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._stderr,
+                                     start_new_session=True)
         self.console = Console(self.workdir / "console.log", self._write_stdin)
         self._start_reader(self.proc.stdout.fileno(), self.console)
         deadline = time.monotonic() + 20
@@ -120,7 +151,8 @@ class Guest:
         except OSError:
             return False
         self.shell = Console(self.workdir / "shell.log", self._write_shell)
-        self._start_reader(self._sock.fileno(), self.shell)
+        self.broker = ShellBroker(self.broker_socket, self._write_shell)
+        self._start_reader(self._sock.fileno(), self.shell, self.broker.broadcast)
         return True
 
     def stop(self) -> None:
@@ -135,6 +167,8 @@ class Guest:
             reader.join(5)
         if self._sock:
             self._sock.close()
+        if self.broker:
+            self.broker.close()
         for path in (self.ram_path, self.shell_socket, self.qmp_socket):
             try:
                 os.unlink(path)
@@ -238,12 +272,14 @@ class Guest:
         if not self._sock:
             raise GuestError("guest is not running")
         try:
-            self._sock.sendall(data)
+            with self._shell_lock:      # the broker's clients type too
+                self._sock.sendall(data)
         except OSError as exc:
             raise GuestError("QEMU exited; cannot type into the guest shell") from exc
 
-    def _start_reader(self, fd: int, console: Console) -> None:
-        reader = threading.Thread(target=_pump, args=(fd, console), daemon=True)
+    def _start_reader(self, fd: int, console: Console,
+                      tap: Callable[[bytes], None] | None = None) -> None:
+        reader = threading.Thread(target=pump, args=(fd, console, tap), daemon=True)
         reader.start()
         self._readers.append(reader)
 

@@ -7,7 +7,7 @@ register() adds the settings and commands; nothing touches the target at import 
 def register() -> None:
     from . import attach, session, settings
     from . import unwind
-    from .commands import kmem, kmemcheck, kmemleak
+    from .commands import guest, kmem, kmemcheck, kmemleak
 
     settings.register()
     session.register_events()
@@ -15,4 +15,5 @@ def register() -> None:
     kmem.register()
     kmemleak.register()
     kmemcheck.register()
+    guest.register()
     unwind.register()

@@ -5,8 +5,10 @@ Exit status: 0 no findings, 1 findings, 2 error (one line on stderr, never a tra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +17,21 @@ from .run import LAB_ERRORS, KmemcheckSpec, RunOptions, Step, parse_fail_alloc, 
 
 class UsageError(KmemgdbError):
     pass
+
+
+class Terminated(Exception):
+    """SIGTERM or SIGHUP (a CI job's timeout, a closed terminal): raised in the main thread so
+    every context manager on the way out runs: gdb and QEMU ended by pid, the RAM file removed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum, _frame) -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):     # the cleanup itself is not interrupted
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +55,15 @@ class _StepAction(argparse.Action):
         else:
             steps.append(Step("exec", value, value))
         namespace.steps = steps
+
+
+class _ScriptAction(argparse.Action):
+    """-x and -ex share one ordered list, as gdb's own options do."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        from .gdbmode import ScriptItem
+        items = getattr(namespace, "items", None) or []
+        namespace.items = items + [ScriptItem(option_string.lstrip("-"), value)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,10 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="boot, attach gdb, show what the extension sees")
     _guest_options(demo)
-    g = sub.add_parser("gdb", help="boot the guest and open an interactive gdb attached to it")
+    g = sub.add_parser("gdb", help="boot the guest and attach gdb: a prompt, or a batch script")
     _guest_options(g)
     g.add_argument("--insmod", metavar="KO", action="append", default=[], type=Path,
-                   help="put a module into the guest's /modules/ (repeatable)")
+                   help="put a module into the guest's /modules/ (repeatable; load it with "
+                        "`guest insmod /modules/NAME.ko`)")
+    g.add_argument("--no-backtraces", dest="backtraces", action="store_false",
+                   help="boot without SLUB user tracking and page_owner (on by default: leak "
+                        "backtraces, pid and age; `kmemleak module-caches` on)")
+    g.add_argument("-x", metavar="FILE", dest="items", action=_ScriptAction,
+                   help="run the gdb commands in FILE (repeatable, in order with -ex)")
+    g.add_argument("-ex", metavar="CMD", dest="items", action=_ScriptAction,
+                   help="run one gdb command (repeatable)")
+    g.add_argument("--batch", action="store_true",
+                   help="run -x/-ex and exit: 0 clean, 1 findings, 2 error, N on `quit N`")
+    g.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
+                   help="limit of each -x/-ex item (default 600)")
+    sh = sub.add_parser("shell", help="the guest shell of a running session on this terminal")
+    sh.add_argument("--session", type=int, metavar="PID",
+                    help="the session's launcher pid (needed when several run)")
     return top
 
 
@@ -97,9 +138,15 @@ def _guest_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     try:
         args = build_parser().parse_args(argv)
         return _dispatch(args)
+    except Terminated as exc:
+        with contextlib.suppress(OSError):      # after SIGHUP the terminal may be gone
+            print(f"kmemgdb: {exc}: guest and gdb ended", file=sys.stderr)
+        return 128 + exc.signum
     except UsageError as exc:
         print(f"kmemgdb: {exc}", file=sys.stderr)
         return 2
@@ -134,8 +181,29 @@ def _dispatch(args) -> int:
         # SLUB user tracking on kmalloc caches: leak reports with allocation backtraces.
         return demo.demo(args.memory, args.smp, args.append or ["slub_debug=U,kmalloc-*"])
     if args.command == "gdb":
-        return demo.interactive(args.memory, args.smp, args.append, args.insmod)
+        return _gdb(args)
+    if args.command == "shell":
+        from .shell import shell
+        return shell(args.session)
     raise UsageError(f"unknown command {args.command}")
+
+
+def _gdb(args) -> int:
+    from .gdbmode import GdbOptions, batch, interactive
+    from .guestlab import LabOptions
+    items = getattr(args, "items", None) or []
+    if args.batch and not items:
+        raise UsageError("gdb --batch: give the commands with -x FILE or -ex CMD")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    from .run import RunOptions, kernel_arguments
+    modules = [_resolve_module(p) for p in args.insmod]
+    append = kernel_arguments(RunOptions(kmemleak=True, backtraces=args.backtraces,
+                                         append=args.append))
+    options = GdbOptions(LabOptions(modules=modules, memory_mib=args.memory, smp=args.smp,
+                                    append=append), items, args.batch, args.timeout,
+                         args.backtraces)
+    return batch(options) if args.batch else interactive(options)
 
 
 def _print_leaks(section: dict) -> None:

@@ -1,8 +1,7 @@
-"""`kmemgdb demo` (what `make demo` runs) and `kmemgdb gdb` (an interactive session)."""
+"""`kmemgdb demo`: what `make demo` runs."""
 from __future__ import annotations
 
 import tempfile
-import threading
 from pathlib import Path
 
 from .guestlab import LabOptions, booted
@@ -44,20 +43,4 @@ def demo(memory: int, smp: int, append: list[str]) -> int:
         report = lab.gdb.checked("kmemleak").strip("\n").splitlines()
         print("(gdb) kmemleak")
         print("\n".join(report[:18] + ["  ..."] + report[-3:]), flush=True)
-    return 0
-
-
-def interactive(memory: int, smp: int, append: list[str], modules: list[Path]) -> int:
-    options = LabOptions(modules=modules, memory_mib=memory, smp=smp, append=append)
-    with tempfile.TemporaryDirectory(prefix="kmemgdb-gdb-") as tmp, booted(options, Path(tmp)) as lab:
-        lab.gdb.interrupt()
-        print(f"guest booted; console log: {lab.guest.console.log_path}\n"
-              "gdb is attached with kmemgdb loaded (try `kmem info`); Ctrl-] or `quit` ends.",
-              flush=True)
-        lab.gdb.hand_over()
-        lab.gdb.proc.logfile_read = None     # interact() passes bytes; the log takes text
-        # interact() makes the terminal raw with TCSAFLUSH, dropping what was typed before:
-        # gdb prints its prompt after interact() started (`echo` with nothing prints nothing).
-        threading.Timer(0.5, lambda: lab.gdb.send("echo")).start()
-        lab.gdb.proc.interact()
     return 0

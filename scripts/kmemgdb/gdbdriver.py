@@ -61,9 +61,9 @@ class GdbSession:
     """One gdb process. Ended by pid on close(), also when a test fails."""
 
     def __init__(self, vmlinux: Path, ram_file: str = "", module_path: list[Path] | None = None,
-                 log_path: Path | None = None, timeout: float = 60):
+                 log_path: Path | None = None, timeout: float = 60, shell_socket: str = ""):
         env = dict(os.environ, NO_COLOR="1", TERM="dumb",
-                   KMEMGDB_RAM_FILE=ram_file,
+                   KMEMGDB_RAM_FILE=ram_file, KMEMGDB_SHELL_SOCKET=shell_socket,
                    KMEMGDB_MODULE_PATH=":".join(str(p) for p in module_path or []))
         argv = ["-q", "-nx", "-x", str(INIT_SCRIPT),
                 "-iex", "set pagination off", "-iex", "set confirm off", "-iex", "set width 0",
@@ -133,6 +133,32 @@ class GdbSession:
         """Run COMMAND at the gdb prompt and return its output."""
         self.send(command)
         return self._expect_prompt(timeout)
+
+    def stream(self, command: str, write: Callable[[str], None], timeout: float | None = None) -> str:
+        """Like cmd(), but WRITE gets gdb's output as it comes (a batch script's `guest`
+        commands print for minutes)."""
+        self.send(command)
+        deadline = time.monotonic() + (timeout or self.timeout)
+        shown = self._seen
+        reader = self._reader
+        with reader.changed:
+            while True:
+                at = reader.text.find(PROMPT, self._seen)
+                # Hold back what may be the start of the prompt.
+                upto = at if at >= 0 else max(shown, len(reader.text) - len(PROMPT))
+                if upto > shown:
+                    write(reader.text[shown:upto])
+                    shown = upto
+                if at >= 0:
+                    out = reader.text[self._seen:at]
+                    self._seen = at + len(PROMPT)
+                    return out
+                if reader.eof:
+                    raise GdbError(f"gdb exited; last output:\n{self._tail()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise GdbError(f"gdb did not return to its prompt in {timeout or self.timeout:.0f} s")
+                reader.changed.wait(min(left, 0.5))
 
     def checked(self, command: str, timeout: float | None = None) -> str:
         """Like cmd(), but a Python traceback or an error line is a GdbError."""

@@ -51,7 +51,7 @@ def booted(options: LabOptions, workdir: Path) -> Iterator[Lab]:
     module_dirs = [kernel.build_dir] + sorted({m.resolve().parent for m in options.modules})
     with Guest(spec, workdir, paused=True) as guest:
         with GdbSession(kernel.vmlinux, guest.ram_path, module_dirs,
-                        log_path=workdir / "gdb.log") as gdb:
+                        log_path=workdir / "gdb.log", shell_socket=guest.broker_socket) as gdb:
             gdb.pause_guest = guest.pause
             gdb.connect(guest.port)   # the prompt after it installs the module hooks
             gdb.cont()

@@ -22,10 +22,12 @@ mount -t debugfs debugfs /sys/kernel/debug
 mkdir -p /tmp && mount -t tmpfs tmpfs /tmp 2>/dev/null
 cd /root
 echo kmemgdb-guest-ready
-# The shell gets its own serial line: kernel messages stay on the console (ttyS0).
+# The shell gets its own serial line: kernel messages stay on the console (ttyS0). It is the
+# shell's controlling terminal (a session of its own: the subshell is no group leader, so
+# setsid does not fork), so a Ctrl-C typed there interrupts the command running.
 exec </dev/ttyS1 >/dev/ttyS1 2>&1
 echo kmemgdb-guest-ready
-while true; do /bin/sh; done
+while true; do (exec setsid -c /bin/sh); done
 """
 
 

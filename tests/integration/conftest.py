@@ -17,6 +17,7 @@ from kmemgdb.modbuild import build_module
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO_SRC = REPO / "tests" / "modules" / "kmemgdb_hello"
+MYDRIVER_SRC = REPO / "examples" / "mydriver"
 
 INTEGRATION = Path(__file__).resolve().parent
 NEEDED = ("qemu-system-x86_64", "gdb")
@@ -41,6 +42,12 @@ def kernel_build():
 @pytest.fixture(scope="session")
 def hello_ko(kernel_build):
     return build_module(kernel_build, HELLO_SRC)[0]
+
+
+@pytest.fixture(scope="session")
+def mydriver_ko(kernel_build):
+    """The tutorial's example driver (a leak and an uninitialized read)."""
+    return build_module(kernel_build, MYDRIVER_SRC)[0]
 
 
 @pytest.fixture(scope="module")

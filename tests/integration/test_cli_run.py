@@ -175,7 +175,7 @@ def test_interactive_gdb_command():
     child = pexpect.spawn(sys.executable, ["-m", "kmemgdb.cli", "gdb"], cwd=str(REPO),
                           encoding="utf-8", timeout=120, env=dict(os.environ, NO_COLOR="1"))
     try:
-        child.expect_exact("gdb is attached with kmemgdb loaded")
+        child.expect_exact("guest booted and stopped")
         child.expect_exact("(kmemgdb) ")
         child.sendline("kmem info")
         child.expect(r"kernel release\s+6\.1")

@@ -1,3 +1,5 @@
+import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -6,6 +8,7 @@ import pytest
 
 from qemu.argv import GuestSpec, kvm_usable, qemu_argv
 from qemu.console import Console, ConsoleError
+from qemu.guest import remove_stale_files
 
 
 def test_argv_shares_ram_and_opens_gdbstub():
@@ -58,3 +61,51 @@ def test_console_wait_times_out_with_tail(tmp_path):
     with pytest.raises(ConsoleError, match="Kernel panic"):
         console.wait_for("never", timeout=0.3)
     assert time.monotonic() - start < 2
+
+
+def test_progress_holds_back_a_partial_line_until_the_command_ends(tmp_path):
+    console = Console(None, lambda b: None)
+    pending = console.start_command("x")
+    assert pending.progress() == ("", None)
+    console.feed(f"@@{pending.tag}-begin@@\r\nline one\r\npartial")
+    assert pending.progress() == ("line one\n", None)
+    console.feed(f" line\n@@{pending.tag}:4@@\n")
+    assert pending.progress() == ("line one\npartial line\n", 4)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_files_of_dead_launchers_are_removed(tmp_path):
+    shm, tmp = tmp_path / "shm", tmp_path / "tmp"
+    shm.mkdir(), tmp.mkdir()
+    dead, alive = _dead_pid(), os.getpid()
+    stale = [shm / f"kmemgdb-{dead}-0a1b", tmp / f"kmemgdb-{dead}-0a1b.qmp",
+             tmp / f"kmemgdb-{dead}-0a1b.tty", tmp / f"kmemgdb-{dead}-0a1b.shell"]
+    kept = [shm / f"kmemgdb-{alive}-0a1b", tmp / f"kmemgdb-{alive}-0a1b.tty",
+            shm / f"kmemgdb-{dead}-notes.txt", tmp / f"kmemgdb-{dead}-0a1b", shm / "other-1-2"]
+    for path in stale + kept:
+        path.write_text("")
+    removed = remove_stale_files(shm, str(tmp))
+    assert sorted(removed) == sorted(map(str, stale))
+    assert all(p.exists() for p in kept)
+
+
+def test_shell_sessions_are_the_live_brokers(tmp_path):
+    from kmemgdb.errors import KmemgdbError
+    from kmemgdb.shell import choose, sessions
+    dead, alive = _dead_pid(), os.getpid()
+    for pid in (dead, alive):
+        (tmp_path / f"kmemgdb-{pid}-0a1b.tty").write_text("")
+    found = sessions(str(tmp_path))
+    assert found == {alive: str(tmp_path / f"kmemgdb-{alive}-0a1b.tty")}
+    assert choose(found, None) == found[alive] == choose(found, alive)
+    with pytest.raises(KmemgdbError, match=f"no kmemgdb session {dead}"):
+        choose(found, dead)
+    with pytest.raises(KmemgdbError, match="no kmemgdb session is running"):
+        choose({}, None)
+    with pytest.raises(KmemgdbError, match="--session PID"):
+        choose({1: "a", 2: "b"}, None)
