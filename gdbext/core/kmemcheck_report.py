@@ -90,3 +90,14 @@ def finding_json(f: Finding) -> dict:
         "registers": {k: v for k, v in f.regs.items() if k != "orig_ax"},
         "backtrace": _frames_json(d.get("backtrace")),
     }
+
+
+def suppression_specs(text: str) -> list[tuple[int, str]]:
+    """(line number, spec) of each suppression in a file: one `site=|cache=|field=GLOB` per
+    line, as `kmemcheck suppress` takes them; `#` starts a comment."""
+    specs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            specs.append((number, line))
+    return specs

@@ -189,3 +189,10 @@ def test_hidden_pages_the_guest_took_back_are_not_ours():
     assert not hidden.readopt(page)
     hidden.show(page)
     assert int.from_bytes(mem.read(pte_at, 8), "little") == 0, "a cleared PTE is left alone"
+
+
+def test_suppression_file_lines():
+    from gdbext.core.kmemcheck_report import suppression_specs
+    text = "# accepted findings\nfield=mydriver_req.retries\n\n  site=foo_*   # old driver\ncache=x\n"
+    assert suppression_specs(text) == [(2, "field=mydriver_req.retries"), (4, "site=foo_*"),
+                                       (5, "cache=x")]

@@ -7,7 +7,9 @@ import json
 import gdb
 
 from ...core import shadow as S
-from ...core.kmemcheck_report import finding_json, render_finding
+from ...core.completion import file_names
+from ...core.kmemcheck import KmemcheckError
+from ...core.kmemcheck_report import finding_json, render_finding, suppression_specs
 from ..guestnames import GUEST_NAMES
 from ..kmemcheck import KMEMCHECK, Suppression
 from .base import (ADDRESS_HELP, KmemCommand, address, parser, require_stopped_guest,
@@ -203,10 +205,12 @@ class KmemcheckSuppress(KmemCommand):
   site=GLOB   the object's allocation backtrace has a function matching the glob
   cache=GLOB  the object's slab cache matches
   field=GLOB  the accessed bytes are that field (`check_req.timeout`, `sk_buff.*`)
-`kmemcheck` lists them.""")
+--file FILE loads one per line (`#` comments). `kmemcheck` lists them.""")
     PARSER.add_argument("spec", nargs="?", metavar="site=|cache=|field=GLOB",
                         complete=suppression_words)
     PARSER.add_argument("--clear", action="store_true", help="remove every suppression")
+    PARSER.add_argument("--file", metavar="FILE", complete=file_names,
+                        help="load suppressions from FILE, one per line")
     NEEDS_STOPPED_GUEST = False
 
     def __init__(self):
@@ -217,10 +221,27 @@ class KmemcheckSuppress(KmemCommand):
             KMEMCHECK.suppressions.clear()
             gdb.write("kmemcheck: suppressions cleared\n")
             return
+        if args.file:
+            return self.load(args.file)
         if not args.spec:
             raise gdb.GdbError("kmemcheck suppress: give site=GLOB, cache=GLOB or field=STRUCT.FIELD")
         KMEMCHECK.suppressions.append(Suppression(args.spec))
         gdb.write(f"kmemcheck: suppressing {args.spec}\n")
+
+    def load(self, path: str) -> None:
+        try:
+            with open(path) as fh:
+                specs = suppression_specs(fh.read())
+        except OSError as exc:
+            raise gdb.GdbError(f"kmemcheck suppress: {exc.strerror}: {path}") from None
+        loaded = []
+        for number, spec in specs:
+            try:
+                loaded.append(Suppression(spec))
+            except KmemcheckError as exc:
+                raise gdb.GdbError(f"kmemcheck suppress: {path}:{number}: {exc}") from None
+        KMEMCHECK.suppressions += loaded
+        gdb.write(f"kmemcheck: {len(loaded)} suppression(s) loaded from {path}\n")
 
 
 SUBCOMMANDS = (KmemcheckTrack, KmemcheckNotrack, KmemcheckShadow, KmemcheckReport,
