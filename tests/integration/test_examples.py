@@ -82,3 +82,69 @@ def test_batch_exit_statuses(tmp_path):
 def test_batch_usage_errors(args, error):
     res = kmemgdb(*args, timeout=60)
     assert res.returncode == 2 and error in res.stderr and "Traceback" not in res.stderr
+
+
+TUTORIAL_RUN = ["--exec", "echo submit 16 > /sys/kernel/debug/mydriver/cmd",
+                "--exec", "echo submit 100 > /sys/kernel/debug/mydriver/cmd || true",
+                "--exec", "rmmod mydriver"]
+
+
+def test_tutorial_ci_command(mydriver_ko, tmp_path):
+    """The README's five-minute tutorial, its one-command CI run."""
+    res = kmemgdb("run", "--kmemleak", "--kmemcheck", "module:mydriver", "--insmod", mydriver_ko,
+                  *TUTORIAL_RUN, "--json", tmp_path / "report.json")
+    assert res.returncode == 1, res.stderr
+    for pattern in (r"Caught 32-bit read from uninitialized memory",
+                    r"accessed: struct mydriver_req\.flags",
+                    r"direct leak: slab from cache mydriver_req, 1 indirect object",
+                    r"\[<\w+>\] mydriver_cmd_write\+"):
+        assert re.search(pattern, res.stdout), pattern
+
+
+def test_tutorial_interactive_session(mydriver_ko):
+    """The README's interactive session, typed at the prompt `kmemgdb gdb` hands over."""
+    import os
+    import signal
+    import pexpect
+    child = pexpect.spawn(sys.executable, ["-m", "kmemgdb.cli", "gdb", "--append",
+                                           "debug_pagealloc=on", "--insmod", str(mydriver_ko)],
+                          cwd=str(REPO), encoding="utf-8", timeout=120,
+                          env=dict(os.environ, NO_COLOR="1"), dimensions=(200, 300))
+
+    def typed(command, *expected):
+        """Everything COMMAND printed, which must include the EXPECTED patterns in order."""
+        child.sendline(command)
+        out = ""
+        for text in expected:
+            child.expect(text)
+            out += child.before + child.after
+        child.expect_exact("(kmemgdb) ")
+        return out + child.before
+
+    try:
+        child.expect_exact("guest booted and stopped")
+        child.expect_exact("(kmemgdb) ")
+        typed("kmemleak scan", r"objects scanned")
+        typed("kmemleak clear", r"marked as reported")
+        typed("kmemcheck track module mydriver")
+        typed("kmemcheck 1", r"kmemcheck: on")
+        typed("guest insmod /modules/mydriver.ko")
+        typed("guest echo submit 16 > /sys/kernel/debug/mydriver/cmd",
+              r"Caught 32-bit read from uninitialized memory", r"accessed: struct mydriver_req\.flags")
+        typed("guest echo submit 100 > /sys/kernel/debug/mydriver/cmd || true")
+        typed("kmemleak scan", r"1 suspected memory leak")
+        address = re.search(r"unreferenced object (0x[0-9a-f]+) \(size 40\)",
+                            typed("kmemleak", r"direct leak: slab from cache mydriver_req")).group(1)
+        typed(f"kmemleak why {address}", r"is unreferenced: a direct leak")
+        typed("break mydriver_cmd_write", r"Breakpoint 1 at")
+        typed("guest echo submit 8 > /sys/kernel/debug/mydriver/cmd; echo done",
+              r"Breakpoint 1, mydriver_cmd_write")
+        typed("bt 2", r"#0 .*mydriver_cmd_write", r"#1 .*full_proxy_write")
+        typed("delete")
+        typed("guest --wait", r"done")
+        child.sendline("quit")
+        child.expect(pexpect.EOF, timeout=60)
+    finally:
+        if child.isalive():
+            os.kill(child.pid, signal.SIGKILL)
+        child.close(force=True)

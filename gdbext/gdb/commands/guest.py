@@ -183,7 +183,7 @@ stops there); `$_guest_status` holds the last status. The shell is reached throu
 shell-socket` (`kmemgdb gdb` sets it); `kmemgdb shell` opens the same shell on a terminal."""
 
     def __init__(self):
-        super().__init__("guest", gdb.COMMAND_RUNNING, gdb.COMPLETE_FILENAME)
+        super().__init__("guest", gdb.COMMAND_RUNNING, gdb.COMPLETE_NONE)  # guest paths, not ours
 
     def invoke(self, argument: str, from_tty: bool) -> None:
         argument = argument.strip()

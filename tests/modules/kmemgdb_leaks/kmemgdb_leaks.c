@@ -161,12 +161,18 @@ static noinline void leaks_make(void)
 	leaks_report("update_trace", p, true);
 }
 
+/*
+ * Another free between the two: a hardened freelist (CONFIG_SLAB_FREELIST_HARDENED) BUGs on
+ * freeing the object at its head again, not on this.
+ */
 static noinline void leaks_double_free(void)
 {
 	void *p = kmem_cache_alloc(leaks_df_cache, GFP_KERNEL);
+	void *q = kmem_cache_alloc(leaks_df_cache, GFP_KERNEL);
 
 	pr_info("kmemgdb_leaks: double_free = %px\n", p);
 	kmem_cache_free(leaks_df_cache, p);
+	kmem_cache_free(leaks_df_cache, q);
 	kmem_cache_free(leaks_df_cache, p);
 }
 
