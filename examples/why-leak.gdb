@@ -12,14 +12,17 @@ kmemleak scan
 # mydriver_reqs is the module's static list; its symbols were loaded by themselves at insmod.
 kmemleak why mydriver_reqs.next
 
-# The refused request: look its address up in the report and ask about it and its payload.
+# The refused request: look its address up in the report, ask about it, and about its payload
+# (read through the module's own type: gdb knows `struct mydriver_req` from its DWARF).
 python
 import json
-report = json.loads(gdb.execute("kmemleak report --all --json", to_string=True))
+report = json.loads(gdb.execute("kmemleak report --json", to_string=True))
 for leak in report["leaks"]:
-    if any(frame["module"] == "mydriver" for frame in leak["backtrace"]):
+    if leak["kind"] == "direct" and any(f["module"] == "mydriver" for f in leak["backtrace"]):
         gdb.execute(f"kmemleak why {leak['address']:#x}")
         gdb.execute(f"kmemleak dump={leak['address']:#x}")
+        req = gdb.parse_and_eval(f"(struct mydriver_req *) {leak['address']:#x}")
+        gdb.execute(f"kmemleak why {int(req['payload']):#x}")
 end
 
 # Clean up the live request, so the module leaves nothing behind.

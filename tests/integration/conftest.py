@@ -4,10 +4,15 @@ One guest per test module; QEMU and gdb are ended by pid when the module's tests
 also when they fail."""
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import signal
+import sys
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from kmemgdb.gdbdriver import GdbError
@@ -54,6 +59,22 @@ def mydriver_ko(kernel_build):
 def lab(hello_ko, tmp_path_factory):
     with booted(LabOptions(modules=[hello_ko]), tmp_path_factory.mktemp("lab")) as lab:
         yield lab
+
+
+@contextlib.contextmanager
+def spawned_gdb(*args: str):
+    """`kmemgdb gdb ARGS` on a pty, as a person runs it; killed by pid if the test fails."""
+    child = pexpect.spawn(sys.executable, ["-m", "kmemgdb.cli", "gdb", *args], cwd=str(REPO),
+                          encoding="utf-8", timeout=120, env=dict(os.environ, NO_COLOR="1"),
+                          dimensions=(200, 300))
+    try:
+        child.expect_exact("guest booted and stopped")
+        child.expect_exact("(kmemgdb) ")
+        yield child
+    finally:
+        if child.isalive():
+            os.kill(child.pid, signal.SIGKILL)
+        child.close(force=True)
 
 
 class Stopped:

@@ -169,24 +169,6 @@ def test_kmemleak_against_the_in_kernel_kmemleak_object_by_object(tmp_path):
     assert {a for a in kernel if a in printed and printed[a] != "kmalloc(129)"} <= set(ours)
 
 
-def test_interactive_gdb_command():
-    """`kmemgdb gdb` boots the guest and hands over a gdb prompt with the extension loaded."""
-    import pexpect
-    child = pexpect.spawn(sys.executable, ["-m", "kmemgdb.cli", "gdb"], cwd=str(REPO),
-                          encoding="utf-8", timeout=120, env=dict(os.environ, NO_COLOR="1"))
-    try:
-        child.expect_exact("guest booted and stopped")
-        child.expect_exact("(kmemgdb) ")
-        child.sendline("kmem info")
-        child.expect(r"kernel release\s+6\.1")
-        child.sendline("quit")
-        child.expect(pexpect.EOF, timeout=60)
-    finally:
-        if child.isalive():
-            os.kill(child.pid, signal.SIGKILL)
-        child.close(force=True)
-
-
 def test_kmemleak_run_of_a_clean_module_is_exit_0(tmp_path, hello_ko):
     report = tmp_path / "r.json"
     res = kmemgdb("run", "--kmemleak", "--insmod", hello_ko, "--exec", "echo 1 > /sys/kernel/debug/kmemgdb_hello",

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from .conftest import REPO
+import pexpect
+
+from .conftest import REPO, spawned_gdb
 
 EXAMPLES = sorted((REPO / "examples").glob("*.gdb"))
 
@@ -37,7 +39,11 @@ EXPECTED = {
     "why-leak.gdb": (1, [r"object 0x\w+ \(mydriver_req, size 40\)\n  <- root module mydriver data "
                          r"at 0x\w+ \(mydriver_reqs\+0x0/0x10\)",
                          r"\(mydriver_req, size 40\) is unreferenced: a direct leak",
-                         r"is unreferenced: an indirect leak, reachable only from leaked object",
+                         # the payload: an indirect leak, unless a stale word in a register or
+                         # a live object still points to it (a conservative scan): then `why`
+                         # names what
+                         r"object 0x\w+ \(kmalloc-128, size 128\)( is unreferenced: an indirect "
+                         r"leak, reachable only from leaked object|\n  <- )",
                          r'allocated by pid \d+ \("sh"\)']),
     "kmemcheck-cache.gdb": (1, [r"kmemcheck: 1 suppression\(s\) loaded",
                                 r"Caught 32-bit read from uninitialized memory",
@@ -103,14 +109,6 @@ def test_tutorial_ci_command(mydriver_ko, tmp_path):
 
 def test_tutorial_interactive_session(mydriver_ko):
     """The README's interactive session, typed at the prompt `kmemgdb gdb` hands over."""
-    import os
-    import signal
-    import pexpect
-    child = pexpect.spawn(sys.executable, ["-m", "kmemgdb.cli", "gdb", "--append",
-                                           "debug_pagealloc=on", "--insmod", str(mydriver_ko)],
-                          cwd=str(REPO), encoding="utf-8", timeout=120,
-                          env=dict(os.environ, NO_COLOR="1"), dimensions=(200, 300))
-
     def typed(command, *expected):
         """Everything COMMAND printed, which must include the EXPECTED patterns in order."""
         child.sendline(command)
@@ -121,9 +119,7 @@ def test_tutorial_interactive_session(mydriver_ko):
         child.expect_exact("(kmemgdb) ")
         return out + child.before
 
-    try:
-        child.expect_exact("guest booted and stopped")
-        child.expect_exact("(kmemgdb) ")
+    with spawned_gdb("--append", "debug_pagealloc=on", "--insmod", str(mydriver_ko)) as child:
         typed("kmemleak scan", r"objects scanned")
         typed("kmemleak clear", r"marked as reported")
         typed("kmemcheck track module mydriver")
@@ -144,7 +140,3 @@ def test_tutorial_interactive_session(mydriver_ko):
         typed("guest --wait", r"done")
         child.sendline("quit")
         child.expect(pexpect.EOF, timeout=60)
-    finally:
-        if child.isalive():
-            os.kill(child.pid, signal.SIGKILL)
-        child.close(force=True)

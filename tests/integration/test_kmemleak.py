@@ -141,13 +141,16 @@ def test_options_and_bad_input(lab):
 # only the test module uses, so corrupting it for a moment endangers nothing else).
 FIND_FREE_POINTER = """python
 from gdbext.gdb.heapctx import guest_context
-from gdbext.core.heap.slub import SlubWalker, read_caches
+from gdbext.core.heap.slub import SlubWalker, read_caches, swab64
 ctx = guest_context(); mm = ctx.memmap(); w = SlubWalker(ctx, mm)
 cache = [c for c in read_caches(ctx) if c.name == "kmemgdb_hello_cache"][0]
 heads = [int(mm[p, w.w_freelist]) for p in w.slab_pfns().tolist() if int(mm[p, w.w_cache]) == cache.address]
 heads += [h for s, h in w.cpu_freelists([cache]).items()]
 head = [h for h in heads if h][0]
-print("FREEPTR", hex(head + cache.offset), hex(head), hex(ctx.u64(head + cache.offset)))
+where = head + cache.offset
+# What makes the pointer stored at WHERE point at HEAD itself (hardened: obfuscated as SLUB does).
+self_loop = head ^ cache.random ^ swab64(where) if cache.random else head
+print("FREEPTR", hex(where), hex(head), hex(ctx.u64(where)), hex(self_loop))
 end"""
 
 
@@ -162,9 +165,9 @@ def hello_loaded(lab):
 @pytest.mark.parametrize("bad", ["0xffff888000000008", "self"])
 def test_corrupted_freelist_is_reported_not_fatal(lab, hello_loaded, bad):
     with Stopped(lab) as gdb:
-        _, where, head, value = re.search(r"FREEPTR (\S+) (\S+) (\S+)",
-                                          gdb.checked(FIND_FREE_POINTER)).group(0).split()
-        garbage = head if bad == "self" else bad
+        _, where, head, value, self_loop = re.search(r"FREEPTR (\S+) (\S+) (\S+) (\S+)",
+                                                     gdb.checked(FIND_FREE_POINTER)).group(0).split()
+        garbage = self_loop if bad == "self" else bad
         gdb.checked(f"set *(unsigned long *){where} = {garbage}")
         try:
             out = scan(gdb)

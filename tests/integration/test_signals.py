@@ -14,7 +14,7 @@ import pytest
 
 from qemu.guest import remove_stale_files
 
-from .conftest import REPO
+from .conftest import REPO, spawned_gdb
 
 
 def _children(pid: int) -> list[int]:
@@ -75,21 +75,15 @@ def test_signal_to_run_ends_qemu_and_removes_the_ram_file(sig):
     assert _files_of(proc.pid) == []
 
 
-def test_sighup_to_interactive_gdb_ends_everything():
-    """The terminal of `kmemgdb gdb` closes."""
-    child = pexpect.spawn(sys.executable, ["-m", "kmemgdb.cli", "gdb"], cwd=str(REPO),
-                          encoding="utf-8", timeout=120, env=dict(os.environ, NO_COLOR="1"))
-    try:
-        child.expect_exact("guest booted and stopped")
-        child.expect_exact("(kmemgdb) ")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_signal_to_interactive_gdb_ends_everything(sig):
+    """`kmemgdb gdb` at its prompt: killed, or its terminal closed."""
+    with spawned_gdb() as child:
         qemu = _qemu_of(child.pid)
-        child.kill(signal.SIGHUP)
+        child.kill(sig)
         child.expect(pexpect.EOF, timeout=60)
         child.close()
-        assert child.exitstatus == 128 + signal.SIGHUP
-    finally:
-        if child.isalive():
-            os.kill(child.pid, signal.SIGKILL)
+        assert child.exitstatus == 128 + sig
     assert _gone(qemu)
     assert _files_of(child.pid) == []
 
