@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     modsub = mod.add_subparsers(dest="module_command", required=True, parser_class=_Parser)
     mb = modsub.add_parser("build", help="build module source DIR against the guest kernel")
     mb.add_argument("dir", type=Path)
+    _kernel_option(mb)
 
     r = sub.add_parser("run", help="boot the guest under gdb, run steps, report")
     r.add_argument("--insmod", metavar="KO", action=_StepAction,
@@ -130,7 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     return top
 
 
+def _kernel_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernel", type=Path, metavar="DIR",
+                   help="your kernel: a built tree or O= directory with vmlinux, bzImage and "
+                        ".config (checked first for what kmemgdb needs); default: kmemgdb's build")
+
+
 def _guest_options(p: argparse.ArgumentParser) -> None:
+    _kernel_option(p)
     p.add_argument("--memory", type=int, default=256, metavar="MIB")
     p.add_argument("--smp", type=int, default=1)
     p.add_argument("--append", action="append", default=[], metavar="ARG",
@@ -164,12 +172,12 @@ def _dispatch(args) -> int:
     if args.command == "build":
         k = kernel.ensure_kernel()
         print(f"kernel {k.release}: {k.bzimage}\nvmlinux: {k.vmlinux}\n"
-              f"initramfs: {initramfs.ensure_initramfs([k.kmemleak_test_ko])}")
+              f"initramfs: {initramfs.ensure_initramfs(k.sample_modules())}")
         return 0
     if args.command == "module":
         if not args.dir.is_dir():
             raise UsageError(f"module build: {args.dir} is not a directory")
-        for ko in modbuild.build_module(kernel.ensure_kernel(), args.dir):
+        for ko in modbuild.build_module(_kernel(args) or kernel.ensure_kernel(), args.dir):
             print(ko)
         return 0
     if args.command == "run":
@@ -179,7 +187,8 @@ def _dispatch(args) -> int:
         return (bench_kmemcheck if args.what == "kmemcheck" else bench_kmemleak)(args.runs)
     if args.command == "demo":
         # SLUB user tracking on kmalloc caches: leak reports with allocation backtraces.
-        return demo.demo(args.memory, args.smp, args.append or ["slub_debug=U,kmalloc-*"])
+        return demo.demo(args.memory, args.smp, args.append or ["slub_debug=U,kmalloc-*"],
+                         _kernel(args, ["--kmemleak", "--insmod"]))
     if args.command == "gdb":
         return _gdb(args)
     if args.command == "shell":
@@ -197,12 +206,13 @@ def _gdb(args) -> int:
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
     from .run import RunOptions, kernel_arguments
-    modules = [_resolve_module(p) for p in args.insmod]
+    kernel = _kernel(args, ["--insmod"] if args.insmod else [])
+    modules = [_resolve_module(p, kernel) for p in args.insmod]
     append = kernel_arguments(RunOptions(kmemleak=True, backtraces=args.backtraces,
                                          append=args.append))
     options = GdbOptions(LabOptions(modules=modules, memory_mib=args.memory, smp=args.smp,
-                                    append=append), items, args.batch, args.timeout,
-                         args.backtraces)
+                                    append=append, kernel=kernel), items, args.batch,
+                         args.timeout, args.backtraces)
     return batch(options) if args.batch else interactive(options)
 
 
@@ -266,13 +276,29 @@ def _print_kmemcheck(section: dict) -> None:
               f"{stats['stepped']} single-stepped, {stats['lost']} reports lost")
 
 
-def _resolve_module(path: Path) -> Path:
+def _kernel(args, needs: list[str] | tuple[str, ...] = ()):
+    """--kernel DIR: the user's build, its config checked against what the command NEEDS (run
+    options such as --kmemcheck); features it turns off are said once. None: kmemgdb's build."""
+    if not getattr(args, "kernel", None):
+        return None
+    from .kernel import kernel_from_dir
+    from .kernelcheck import check_config, require
+    kernel = kernel_from_dir(args.kernel)
+    check = check_config(kernel.config())
+    require(check, kernel.release, list(needs))
+    if check.disabled:
+        print(f"kmemgdb: kernel {kernel.release}:\n  " + check.describe().replace("\n", "\n  "),
+              file=sys.stderr)
+    return kernel
+
+
+def _resolve_module(path: Path, kernel=None) -> Path:
     """A .ko path, or the name of a module of the guest kernel build (`kmemleak-test`)."""
     if path.is_file() and path.suffix == ".ko":
         return path
     if len(path.parts) == 1 and not path.suffix:
         from .kernel import ensure_kernel
-        for ko in ensure_kernel().modules():
+        for ko in (kernel or ensure_kernel()).modules():
             if ko.stem.replace("-", "_") == path.name.replace("-", "_"):
                 return ko
     raise UsageError(f"--insmod {path}: not a .ko file nor a module of the guest kernel")
@@ -290,11 +316,15 @@ def _run(args) -> int:
         swept = parse_fail_alloc(args.fail_alloc_sweep, sweep=True)[0] if args.fail_alloc_sweep else None
     except KmemgdbError as exc:
         raise UsageError(str(exc)) from None
-    modules = [_resolve_module(p) for p in getattr(args, "modules", None) or []]
+    needs = [opt for opt, on in (("--kmemleak", args.kmemleak), ("--kmemcheck", kmemcheck),
+                                 ("--reference-kmemleak", args.reference_kmemleak),
+                                 ("--insmod", getattr(args, "modules", None))) if on]
+    kernel = _kernel(args, needs)
+    modules = [_resolve_module(p, kernel) for p in getattr(args, "modules", None) or []]
     for step in getattr(args, "steps", None) or []:
         if step.kind == "insmod":
-            step.command = " ".join(filter(None, ["insmod", f"/modules/{_resolve_module(Path(step.argument)).name}",
-                                                  step.params]))
+            ko = _resolve_module(Path(step.argument), kernel)
+            step.command = " ".join(filter(None, ["insmod", f"/modules/{ko.name}", step.params]))
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     options = RunOptions(steps=getattr(args, "steps", None) or [],
@@ -302,8 +332,8 @@ def _run(args) -> int:
                          json_path=args.json, timeout=args.timeout,
                          reference_kmemleak=args.reference_kmemleak, kmemleak=args.kmemleak,
                          kmemcheck=kmemcheck, backtraces=args.backtraces, fail_alloc=fail_alloc,
-                         memory_mib=args.memory,
-                         smp=args.smp, append=args.append, workdir=args.workdir)
+                         memory_mib=args.memory, smp=args.smp, append=args.append,
+                         workdir=args.workdir, kernel=kernel)
     if swept:
         doc, status = sweep(options, swept)
         _print_sweep(doc["fail_alloc_sweep"])

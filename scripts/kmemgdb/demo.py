@@ -4,6 +4,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from .errors import KmemgdbError
 from .guestlab import LabOptions, booted
 
 
@@ -16,8 +17,12 @@ def _show(lab, command: str) -> None:
     print(lab.gdb.checked(command).strip("\n"), flush=True)
 
 
-def demo(memory: int, smp: int, append: list[str]) -> int:
-    options = LabOptions(memory_mib=memory, smp=smp, append=append)
+def demo(memory: int, smp: int, append: list[str], kernel=None) -> int:
+    if kernel is not None and not kernel.sample_modules():
+        raise KmemgdbError(f"demo: kernel {kernel.release} has no samples/kmemleak/kmemleak-test.ko"
+                           " (CONFIG_SAMPLES=y with CONFIG_DEBUG_KMEMLEAK_TEST=m, or "
+                           "CONFIG_SAMPLE_KMEMLEAK=m since 6.5)")
+    options = LabOptions(memory_mib=memory, smp=smp, append=append, kernel=kernel)
     with tempfile.TemporaryDirectory(prefix="kmemgdb-demo-") as tmp, booted(options, Path(tmp)) as lab:
         out, _ = lab.run("uname -r; grep MemTotal /proc/meminfo")
         _say("the guest says")

@@ -21,6 +21,7 @@ class LabOptions:
     smp: int = 1
     append: list[str] = field(default_factory=list)
     boot_timeout: float = 120
+    kernel: KernelBuild | None = None     # None: ours, built (or found in the cache) first
 
 
 @dataclass
@@ -36,8 +37,8 @@ class Lab:
 
 
 def prepare(options: LabOptions) -> tuple[KernelBuild, Path]:
-    kernel = ensure_kernel()
-    initrd = ensure_initramfs([kernel.kmemleak_test_ko, *options.modules])
+    kernel = options.kernel or ensure_kernel()
+    initrd = ensure_initramfs([*kernel.sample_modules(), *options.modules])
     return kernel, initrd
 
 

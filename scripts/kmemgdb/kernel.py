@@ -45,6 +45,26 @@ class KernelBuild:
     def modules(self) -> list[Path]:
         return sorted(self.build_dir.rglob("*.ko"))
 
+    def sample_modules(self) -> list[Path]:
+        """Modules every guest gets in /modules/: the kernel's kmemleak-test.ko, when built."""
+        return [ko for ko in (self.kmemleak_test_ko,) if ko.exists()]
+
+    def config(self) -> dict[str, str]:
+        return parse_config((self.build_dir / ".config").read_text())
+
+
+def kernel_from_dir(path: Path) -> KernelBuild:
+    """A kernel the user built: a tree or O= build directory with vmlinux, bzImage and .config
+    (modules are built against it like against ours)."""
+    path = path.expanduser().resolve()
+    for need in ("vmlinux", "arch/x86/boot/bzImage", ".config"):
+        if not (path / need).is_file():
+            raise BuildError(f"--kernel {path}: no {need} there (give a built kernel tree or "
+                             "its O= build directory)")
+    release_file = path / "include/config/kernel.release"
+    release = release_file.read_text().strip() if release_file.exists() else path.name
+    return KernelBuild(path, release)
+
 
 def source_version() -> str:
     """Debian version of linux-source-6.1, e.g. '6.1.192-2'."""

@@ -18,6 +18,7 @@ from qemu.guest import GuestError
 from .errors import KmemgdbError
 from .gdbdriver import GdbError, WatchdogFired
 from .guestlab import Lab, LabOptions, booted
+from .kernel import KernelBuild
 
 # Everything that ends a run with exit status 2 and a one-line reason.
 LAB_ERRORS = (KmemgdbError, GuestError, GdbError, ConsoleError)
@@ -94,6 +95,7 @@ class RunOptions:
     smp: int = 1
     append: list[str] = field(default_factory=list)
     workdir: Path | None = None
+    kernel: KernelBuild | None = None      # --kernel DIR; None: ours
 
 
 class Deadline:
@@ -113,7 +115,8 @@ def run(options: RunOptions) -> tuple[dict, int]:
     with tempfile.TemporaryDirectory(prefix="kmemgdb-run-") as tmp:
         workdir = options.workdir or Path(tmp)
         lab_opts = LabOptions(modules=options.modules, memory_mib=options.memory_mib,
-                              smp=options.smp, append=kernel_arguments(options))
+                              smp=options.smp, append=kernel_arguments(options),
+                              kernel=options.kernel)
         deadline = Deadline(options.timeout)
         doc: dict = {"steps": [], "kmemleak": {"enabled": False, "leaks": [], "heap_findings": []},
                      "kmemcheck": {"enabled": False, "reports": []}, "kernel_reports": []}
