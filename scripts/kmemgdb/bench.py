@@ -51,9 +51,9 @@ def _stops(lab) -> int:
     return int(re.search(r"HOOK_STOPS (\d+)", out).group(1))
 
 
-def measure(config: Config, runs: int, workdir: Path) -> dict:
-    modules = [_test_module(config.module)] if config.module else []
-    with booted(LabOptions(append=config.append, modules=modules), workdir) as lab:
+def measure(config: Config, runs: int, workdir: Path, kernel=None) -> dict:
+    modules = [_test_module(config.module, kernel)] if config.module else []
+    with booted(LabOptions(append=config.append, modules=modules, kernel=kernel), workdir) as lab:
         if modules:
             lab.run(f"insmod /modules/{modules[0].name}")
         if not config.host_kmemleak:
@@ -86,17 +86,18 @@ def measure(config: Config, runs: int, workdir: Path) -> dict:
         return result
 
 
-def _test_module(name: str) -> Path:
+def _test_module(name: str, kernel=None) -> Path:
     from .kernel import ensure_kernel
     from .modbuild import build_module
-    return build_module(ensure_kernel(), Path(__file__).resolve().parents[2] / "tests/modules" / name)[0]
+    return build_module(kernel or ensure_kernel(),
+                        Path(__file__).resolve().parents[2] / "tests/modules" / name)[0]
 
 
-def bench_kmemleak(runs: int = 2) -> int:
+def bench_kmemleak(runs: int = 2, kernel=None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="kmemgdb-bench-") as tmp:
         for k, config in enumerate(CONFIGS):
-            results.append(measure(config, runs, Path(tmp) / str(k)))
+            results.append(measure(config, runs, Path(tmp) / str(k), kernel))
             print(f"  measured: {config.name}", flush=True)
     base = results[0]["workload_s"]
     in_kernel = next(r for r in results if "kernel_scan_s" in r)["workload_s"]
@@ -107,11 +108,12 @@ def bench_kmemleak(runs: int = 2) -> int:
         if "stops" in r:
             line += f"  guest stops during workload: {r['stops']}"
         print(line)
-    kernel = next(r for r in results if "kernel_scan_s" in r)["kernel_scan_s"]
+    kernel_scan = next(r for r in results if "kernel_scan_s" in r)["kernel_scan_s"]
     for r in results:
         if "scan_ms" in r:
-            print(f"scan, {r['name']}: {r['scan_ms']} ms for {r['objects']} objects "
-                  f"= {r['scan_ms'] / 1000 / kernel:.2f}x the in-kernel `echo scan` ({kernel * 1000:.0f} ms)")
+            print(f"scan, {r['name']}: {r['scan_ms']} ms for {r['objects']} objects = "
+                  f"{r['scan_ms'] / 1000 / kernel_scan:.2f}x the in-kernel `echo scan` "
+                  f"({kernel_scan * 1000:.0f} ms)")
     return 0
 
 
@@ -146,15 +148,17 @@ def _gdb_all(lab, *commands: str) -> None:
     lab.gdb.cont()
 
 
-def bench_kmemcheck(runs: int = 2, loop: int = 3000, busy_cache: str = "kmalloc-192") -> int:
+def bench_kmemcheck(runs: int = 2, loop: int = 3000, busy_cache: str = "kmalloc-192",
+                    kernel=None) -> int:
     from .kernel import ensure_kernel
     from .modbuild import build_module
     modules = Path(__file__).resolve().parents[2] / "tests/modules"
-    kernel = ensure_kernel()
+    kernel = kernel or ensure_kernel()
     ko = build_module(kernel, modules / "kmemgdb_check")[0]
     corpus = build_module(kernel, modules / "kmemgdb_corpus")[0]
     with tempfile.TemporaryDirectory(prefix="kmemgdb-bench-") as tmp:
-        with booted(LabOptions(modules=[ko, corpus], append=["debug_pagealloc=on"]), Path(tmp)) as lab:
+        with booted(LabOptions(modules=[ko, corpus], append=["debug_pagealloc=on"], kernel=kernel),
+                    Path(tmp)) as lab:
             lab.run("insmod /modules/kmemgdb_check.ko")
             plain = min(_guest_seconds(lab, WORKLOAD) for _ in range(runs))
             light_plain = min(_guest_seconds(lab, LIGHT_WORKLOAD) for _ in range(runs))

@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print ratios")
     bench.add_argument("what", choices=["kmemleak", "kmemcheck"])
     bench.add_argument("--runs", type=int, default=2)
+    _kernel_option(bench)
 
     demo = sub.add_parser("demo", help="boot, attach gdb, show what the extension sees")
     _guest_options(demo)
@@ -184,7 +185,10 @@ def _dispatch(args) -> int:
         return _run(args)
     if args.command == "bench":
         from .bench import bench_kmemcheck, bench_kmemleak
-        return (bench_kmemcheck if args.what == "kmemcheck" else bench_kmemleak)(args.runs)
+        # kmemleak's bench compares with the in-kernel kmemleak; both load test modules.
+        needs = ["--kmemcheck" if args.what == "kmemcheck" else "--reference-kmemleak", "--insmod"]
+        bench = bench_kmemcheck if args.what == "kmemcheck" else bench_kmemleak
+        return bench(args.runs, kernel=_kernel(args, needs))
     if args.command == "demo":
         # SLUB user tracking on kmalloc caches: leak reports with allocation backtraces.
         return demo.demo(args.memory, args.smp, args.append or ["slub_debug=U,kmalloc-*"],
