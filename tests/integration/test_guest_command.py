@@ -63,11 +63,13 @@ def test_ctrl_c_stops_the_guest_with_the_command_pending(glab):
 def test_a_breakpoint_stops_the_command_and_wait_finishes_it(glab):
     glab.gdb.checked("guest insmod /modules/mydriver.ko")
     glab.gdb.checked("break mydriver_cmd_write")
-    out = glab.gdb.cmd("guest echo submit 8 > /sys/kernel/debug/mydriver/cmd; echo written", timeout=60)
+    out = glab.gdb.cmd("guest echo before; echo submit 8 > /sys/kernel/debug/mydriver/cmd; "
+                       "echo written", timeout=60)
+    assert out.startswith("before\n")
     assert "Breakpoint 1, mydriver_cmd_write" in out and "stopped before" in out
     assert "mydriver_cmd_write" in glab.gdb.checked("bt 1")
     glab.gdb.checked("delete")
-    assert glab.gdb.checked("guest --wait").strip() == "written"
+    assert glab.gdb.checked("guest --wait").strip() == "written"     # not `before` again
     glab.gdb.checked("guest echo flush > /sys/kernel/debug/mydriver/cmd; rmmod mydriver")
 
 

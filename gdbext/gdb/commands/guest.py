@@ -48,6 +48,11 @@ class GuestShell:
         self.console: Console | None = None
         self.pending: Pending | None = None     # a command that has not ended yet
         self.command = ""
+        self.printed = 0                        # its output shown so far (a --wait goes on)
+
+    def start(self, line: str, command: str) -> None:
+        """Type LINE into the shell as the pending command, known as COMMAND."""
+        self.pending, self.command, self.printed = self.console.start_command(line), command, 0
 
     def ensure(self, path: str) -> Console:
         if self.console and path == self.path and not self.console.closed:
@@ -86,16 +91,15 @@ class Streamer:
     past the capture, and stops the guest by posting `interrupt` to gdb's main loop, which
     runs posted events also during the synchronous `continue`."""
 
-    def __init__(self, pending: Pending):
-        self.pending = pending
-        self.printed = 0
+    def __init__(self, shell: GuestShell):
+        self.shell = shell
         self.terminal = 1                # gdb's stdout is captured meanwhile: the real one
         self.done = threading.Event()    # the `continue` returned
         self.ended = False               # the command's end marker arrived
         self.thread = threading.Thread(target=self._watch, name="guest-streamer", daemon=True)
 
     def _watch(self) -> None:
-        console = self.pending.console
+        console = self.shell.console
         last_interrupt = 0.0
         while not self.done.is_set():
             seen = len(console.text)
@@ -119,10 +123,10 @@ class Streamer:
             pass
 
     def flush(self) -> int | None:
-        text, status = self.pending.progress()
-        if len(text) > self.printed:
-            os.write(self.terminal, text[self.printed:].encode())
-            self.printed = len(text)
+        text, status = self.shell.pending.progress()
+        if len(text) > self.shell.printed:
+            os.write(self.terminal, text[self.shell.printed:].encode())
+            self.shell.printed = len(text)
         return status
 
     def run(self) -> int | None:
@@ -210,7 +214,7 @@ shell-socket` (`kmemgdb gdb` sets it); `kmemgdb shell` opens the same shell on a
                 # ^C ends the whole command line, its end marker too: a fresh one follows it.
                 console.send("\x03")
                 killed = SHELL.command
-                SHELL.pending, SHELL.command = console.start_command("true"), killed
+                SHELL.start("true", killed)
                 self._follow()
                 gdb.write(f"guest: `{killed}` ended by Ctrl-C\n")
                 return
@@ -220,11 +224,11 @@ shell-socket` (`kmemgdb gdb` sets it); `kmemgdb shell` opens the same shell on a
             raise gdb.GdbError(f"guest: `{SHELL.command}` is still running in the guest: "
                                "`guest --wait` or `guest --kill` first")
         else:
-            SHELL.pending, SHELL.command = console.start_command(argument), argument
+            SHELL.start(argument, argument)
         self._follow()
 
     def _follow(self) -> None:
-        status = Streamer(SHELL.pending).run()
+        status = Streamer(SHELL).run()
         if status is None:
             if SHELL.console is None or SHELL.console.closed:
                 SHELL.close()
