@@ -134,12 +134,14 @@ class Pending:
 
     def __init__(self, console: Console, tag: str, since: int):
         self.console, self.tag, self.since = console, tag, since
+        # What the shell prints around the output (its echo of the typed line matches neither).
+        self._begin, self._end = rf"@@{tag}-begin@@\n", rf"@@{tag}:(\d+)@@"
 
     def wait(self, timeout: float = 60,
              alive: Callable[[], None] | None = None) -> tuple[str, int]:
         """Wait for the command to end; return (output, exit status)."""
-        begin = self.console.wait_for(rf"@@{self.tag}-begin@@\n", timeout, self.since, alive)
-        end = self.console.wait_for(rf"@@{self.tag}:(\d+)@@", timeout, begin.end(), alive)
+        begin = self.console.wait_for(self._begin, timeout, self.since, alive)
+        end = self.console.wait_for(self._end, timeout, begin.end(), alive)
         return self.console.text[begin.end():end.start()], int(end.group(1))
 
     def progress(self) -> tuple[str, int | None]:
@@ -147,10 +149,10 @@ class Pending:
         output stops at the last full line until the command ended: a line may be the start
         of the end marker."""
         text = self.console.text
-        begin = re.compile(rf"@@{self.tag}-begin@@\n").search(text, self.since)
+        begin = re.compile(self._begin).search(text, self.since)
         if not begin:
             return "", None
-        end = re.compile(rf"@@{self.tag}:(\d+)@@").search(text, begin.end())
+        end = re.compile(self._end).search(text, begin.end())
         if end:
             return text[begin.end():end.start()], int(end.group(1))
         body = text[begin.end():]

@@ -23,6 +23,7 @@ from .shellbroker import ShellBroker
 SHM_DIR = Path("/dev/shm")
 _RAM_NAME = re.compile(r"kmemgdb-(\d+)-[0-9a-f]+")                    # in /dev/shm
 _SOCKET_NAME = re.compile(r"kmemgdb-(\d+)-[0-9a-f]+\.(?:shell|qmp|tty)")  # in the temp dir
+BROKER_NAME = re.compile(r"kmemgdb-(\d+)-[0-9a-f]+\.tty")    # a session's shell broker
 
 
 class GuestError(Exception):

@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import KmemgdbError
 from .gdbdriver import GdbError, GdbSession
 from .guestlab import LabOptions, booted
+from .run import last_json_line
 
 BATCH_ERROR = "kmemgdb-batch-error: "
 # Runs one batch item inside gdb (one line: a `python ... end` block would echo `>` prompts):
@@ -70,7 +71,7 @@ def interactive(options: GdbOptions) -> int:
               "  help kmem, help kmemleak, help kmemcheck;  quit (or Ctrl-]) ends, guest too",
               flush=True)
         for item in options.items:
-            status = _step(lab.gdb, item, sys.stdout.write, options.timeout)
+            status = _step(lab.gdb, item, _write, options.timeout)
             if status is not None:
                 print(f"kmemgdb: {status}", file=sys.stderr)
         lab.gdb.hand_over()
@@ -90,10 +91,9 @@ def batch(options: GdbOptions) -> int:
     with tempfile.TemporaryDirectory(prefix="kmemgdb-gdb-") as tmp, \
             booted(options.lab, Path(tmp)) as lab:
         _ready(lab, options)
-        write = _writer()
         for item in options.items:
             try:
-                failure = _step(lab.gdb, item, write, options.timeout)
+                failure = _step(lab.gdb, item, _write, options.timeout)
             except GdbError:
                 if lab.gdb.proc.isalive():
                     raise
@@ -105,11 +105,9 @@ def batch(options: GdbOptions) -> int:
         return _verdict(lab.gdb)
 
 
-def _writer():
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    return write
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _step(gdb: GdbSession, item: ScriptItem, write, timeout: float) -> str | None:
@@ -132,8 +130,7 @@ def _verdict(gdb: GdbSession) -> int:
         return 2
     leaks = _json(gdb, "kmemleak report --json", missing={"leaks": []})["leaks"]
     direct = sum(1 for leak in leaks if leak["kind"] == "direct")
-    reports = _json(gdb, "kmemcheck report --json", missing=[])
-    reports = reports.get("reports", []) if isinstance(reports, dict) else reports
+    reports = _json(gdb, "kmemcheck report --json")["reports"]
     if direct or reports:
         print(f"kmemgdb: findings: {direct} leak(s) in the kmemleak report, "
               f"{len(reports)} kmemcheck report(s)", file=sys.stderr)
@@ -142,10 +139,11 @@ def _verdict(gdb: GdbSession) -> int:
 
 
 def _json(gdb: GdbSession, command: str, missing=None):
-    out = gdb.cmd(command)
-    lines = [ln for ln in out.splitlines() if ln.startswith(("{", "["))]
-    if not lines:
-        if missing is not None:
-            return missing           # `kmemleak: no scan yet`: nothing to report
-        raise KmemgdbError(f"{command}: gdb printed no JSON: {out.strip()[-300:]}")
-    return json.loads(lines[-1])
+    """COMMAND's JSON; MISSING when it printed none and that is an answer (`kmemleak: no scan
+    yet`: nothing to report)."""
+    try:
+        return json.loads(last_json_line(gdb.cmd(command)))
+    except KmemgdbError:
+        if missing is None:
+            raise
+        return missing

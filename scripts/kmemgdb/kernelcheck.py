@@ -53,16 +53,14 @@ class ConfigCheck:
     missing_essential: list[str] = field(default_factory=list)   # "CONFIG_X (why)"
     disabled: dict[str, list[str]] = field(default_factory=dict)  # feature -> missing options
 
-    def feature_off(self, prefix: str) -> bool:
-        return any(name.startswith(prefix) for name in self.disabled)
+    def essential_lines(self) -> list[str]:
+        return ([f"missing, needed by every run: {', '.join(self.missing_essential)}"]
+                if self.missing_essential else [])
 
     def describe(self) -> str:
-        lines = []
-        if self.missing_essential:
-            lines.append("missing, needed by every run: " + ", ".join(self.missing_essential))
-        lines += [f"off: {feature}: needs {', '.join(f'{o}=y' for o in options)}"
-                  for feature, options in self.disabled.items()]
-        return "\n".join(lines)
+        return "\n".join(self.essential_lines()
+                         + [f"off: {feature}: needs {', '.join(f'{o}=y' for o in options)}"
+                            for feature, options in self.disabled.items()])
 
 
 def enabled(config: dict[str, str], option: str) -> bool:
@@ -91,7 +89,6 @@ def require(check: ConfigCheck, kernel: str, options: list[str]) -> None:
     refused = [f"{opt} needs {', '.join(f'{o}=y' for o in check.disabled[feature])} ({feature})"
                for opt in options for prefix in NEEDED_BY.get(opt, ())
                for feature in check.disabled if feature.startswith(prefix)]
-    if check.missing_essential or refused:
-        lines = ([f"missing, needed by every run: {', '.join(check.missing_essential)}"]
-                 if check.missing_essential else []) + refused
+    lines = check.essential_lines() + refused
+    if lines:
         raise KernelConfigError(f"kernel {kernel} cannot do this run:\n  " + "\n  ".join(lines))

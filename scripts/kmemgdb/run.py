@@ -162,7 +162,7 @@ def _collect(lab: Lab, options: RunOptions, doc: dict, deadline: Deadline) -> No
     """Everything the checkers and the guest have to say, with the guest stopped."""
     doc["guest"] = _guest_info(lab)
     if options.fail_alloc:
-        doc["fail_alloc"] = json.loads(_last_json_line(lab.gdb.checked("kmem fail-alloc --json")))
+        doc["fail_alloc"] = json.loads(last_json_line(lab.gdb.checked("kmem fail-alloc --json")))
     if options.kmemleak:
         doc["kmemleak"].update(_kmemleak_report(lab, deadline))
     if options.kmemcheck:
@@ -273,7 +273,7 @@ def _kmemleak_baseline(lab: Lab, deadline: Deadline, backtraces: bool) -> int:
 
 def _kmemleak_report(lab: Lab, deadline: Deadline) -> dict:
     lab.gdb.checked("kmemleak scan", timeout=deadline.left())
-    report = json.loads(_last_json_line(lab.gdb.checked("kmemleak report --all --json")))
+    report = json.loads(last_json_line(lab.gdb.checked("kmemleak report --all --json")))
     return {"enabled": True, "leaks": report["leaks"], "suppressed": report["suppressed"],
             "objects": report["objects"], "scan_seconds": report["scan_seconds"],
             "notes": report["notes"], "heap_findings": report["heap_findings"]}
@@ -338,7 +338,7 @@ def _kmemcheck_start(lab: Lab, spec: KmemcheckSpec, deadline: Deadline) -> None:
 def _kmemcheck_report(lab: Lab, deadline: Deadline) -> dict:
     """Reports, then kmemcheck off and a check that no page it hid stays hidden."""
     text = lab.gdb.checked("kmemcheck report", timeout=deadline.left())
-    report = json.loads(_last_json_line(lab.gdb.checked("kmemcheck report --json")))
+    report = json.loads(last_json_line(lab.gdb.checked("kmemcheck report --json")))
     lab.gdb.checked("kmemcheck 0")
     hidden = lab.gdb.checked("kmem pte list")
     if not hidden.strip().startswith("0 hidden page"):
@@ -350,7 +350,7 @@ def _kmemcheck_report(lab: Lab, deadline: Deadline) -> dict:
 def _hook_errors(lab: Lab) -> list[str]:
     """What kmemgdb's hooks failed at while the guest ran: a checker that failed inside a hook
     did not check what it claims to, so the run fails (exit status 2) instead of passing."""
-    return json.loads(_last_json_line(lab.gdb.checked("kmem errors --json")))
+    return json.loads(last_json_line(lab.gdb.checked("kmem errors --json")))
 
 
 def _reference_kmemleak(lab: Lab, deadline: Deadline) -> dict:
@@ -380,20 +380,20 @@ def _symbolize_reference(lab: Lab, leaks: list[dict]) -> None:
     for i in range(0, len(frames), 64):
         chunk = frames[i:i + 64]
         out = lab.gdb.checked("kmem symbolize --json " + " ".join(hex(f["pc"]) for f in chunk))
-        for frame, resolved in zip(chunk, json.loads(_last_json_line(out))):
+        for frame, resolved in zip(chunk, json.loads(last_json_line(out))):
             frame["file"], frame["line"] = resolved["file"], resolved["line"]
             if frame["symbol"] is None:
                 frame["symbol"], frame["module"] = resolved["symbol"], resolved["module"]
 
 
 def _guest_info(lab: Lab) -> dict:
-    info = json.loads(_last_json_line(lab.gdb.checked("kmem info --json")))
+    info = json.loads(last_json_line(lab.gdb.checked("kmem info --json")))
     return {"kernel_release": info["release"], "command_line": info["cmdline"],
             "ram_bytes": lab.guest.ram_size, "memory_total_kb": info["totalram_bytes"] // 1024,
             "smp": lab.guest.spec.smp, "modules": [m["name"] for m in info["modules"]]}
 
 
-def _last_json_line(output: str) -> str:
+def last_json_line(output: str) -> str:
     lines = [ln for ln in output.splitlines() if ln.startswith(("{", "["))]
     if not lines:
         raise KmemgdbError(f"gdb printed no JSON: {output.strip()[-500:]}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import re
 import select
 import socket
 import sys
@@ -16,19 +15,18 @@ import tempfile
 import termios
 import tty
 
-from qemu.guest import pid_alive
+from qemu.guest import BROKER_NAME, pid_alive
 
 from .errors import KmemgdbError
 
 ESCAPE = b"\x1d"         # Ctrl-]
-_BROKER = re.compile(r"kmemgdb-(\d+)-[0-9a-f]+\.tty")
 
 
 def sessions(tmp_dir: str | None = None) -> dict[int, str]:
     """{launcher pid: broker socket} of the running sessions."""
     found = {}
     for path in glob.glob(os.path.join(tmp_dir or tempfile.gettempdir(), "kmemgdb-*.tty")):
-        m = _BROKER.fullmatch(os.path.basename(path))
+        m = BROKER_NAME.fullmatch(os.path.basename(path))
         if m and pid_alive(int(m.group(1))):
             found[int(m.group(1))] = path
     return found
